@@ -1,0 +1,340 @@
+//! The broker's shared state: destinations, the journal, de-duplication, memory accounting.
+//!
+//! [`Broker`] is shared (`Arc`) by every connection task. It owns the registry of destinations
+//! (created on first use), assigns message ids, keeps the producer de-duplication table, and
+//! applies the follow-up [`Effects`] of queue operations (dead-lettering) outside any queue lock.
+//! Locks here are short `std` locks and never held across an `.await`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
+use crate::config::BrokerConfig;
+use crate::destination::{Effects, Queue, QueueContext, Topic};
+use crate::message::{now_ms, Message};
+use crate::store::{Journal, Op, ProducerSeq, Recovered};
+
+/// Bytes of message bodies held in memory, against a limit.
+///
+/// Persistent messages past the limit are kept with their body on disk only; producers of
+/// non-persistent messages wait for room (producer flow control: their socket is not read).
+#[derive(Debug)]
+pub struct MemoryBudget {
+    used: AtomicU64,
+    limit: u64,
+    freed: Notify,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        MemoryBudget {
+            used: AtomicU64::new(0),
+            limit,
+            freed: Notify::new(),
+        }
+    }
+
+    /// Takes `n` bytes if they fit.
+    pub fn try_reserve(&self, n: u64) -> bool {
+        let mut cur = self.used.load(Ordering::Relaxed);
+        loop {
+            if cur + n > self.limit && cur > 0 {
+                return false;
+            }
+            match self
+                .used
+                .compare_exchange_weak(cur, cur + n, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Waits until `n` bytes fit, then takes them.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is reserved unless it returns.
+    pub async fn reserve(&self, n: u64) {
+        loop {
+            let notified = self.freed.notified();
+            if self.try_reserve(n) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes `n` bytes even past the limit (for messages that cannot wait or spill).
+    pub fn force_reserve(&self, n: u64) {
+        self.used.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Gives `n` bytes back.
+    pub fn release(&self, n: u64) {
+        let prev = self.used.fetch_sub(n, Ordering::AcqRel);
+        debug_assert!(prev >= n, "memory budget underflow");
+        self.freed.notify_waiters();
+    }
+
+    /// Bytes in use.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// Broker-wide counters.
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    /// Connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Connections open now.
+    pub connections_open: AtomicUsize,
+    /// Logins refused.
+    pub auth_failures: AtomicU64,
+    /// Connections closed because of a protocol error.
+    pub protocol_errors: AtomicU64,
+    /// Sends dropped as duplicates (producer id + sequence already seen).
+    pub duplicates_dropped: AtomicU64,
+}
+
+/// Outcome of the de-duplication check for one SEND.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dedup {
+    /// First time: accept.
+    New,
+    /// Already accepted before: acknowledge without enqueueing again.
+    Duplicate,
+}
+
+/// Shared broker state.
+pub struct Broker {
+    /// Validated configuration.
+    pub config: Arc<BrokerConfig>,
+    /// The journal.
+    pub journal: Journal,
+    /// Login checks.
+    pub auth: Arc<Authenticator>,
+    /// Counters.
+    pub stats: BrokerStats,
+    /// Cancelled when the broker shuts down.
+    pub shutdown: CancellationToken,
+    ctx: Arc<QueueContext>,
+    queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
+    topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    next_id: AtomicU64,
+    next_conn: AtomicU64,
+    /// Highest sequence accepted per producer id. Never held across an `.await`.
+    producers: Mutex<HashMap<String, u64>>,
+}
+
+impl Broker {
+    /// Builds the broker from a recovered journal, rebuilding every queue.
+    pub fn new(
+        config: Arc<BrokerConfig>,
+        journal: Journal,
+        recovered: Recovered,
+        auth: Arc<Authenticator>,
+        shutdown: CancellationToken,
+    ) -> Arc<Broker> {
+        let memory = Arc::new(MemoryBudget::new(config.limits.max_memory.0));
+        let ctx = Arc::new(QueueContext {
+            journal: journal.clone(),
+            memory,
+        });
+        let broker = Arc::new(Broker {
+            config,
+            journal,
+            auth,
+            stats: BrokerStats::default(),
+            shutdown,
+            ctx,
+            queues: RwLock::new(HashMap::new()),
+            topics: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(recovered.next_id.max(1)),
+            next_conn: AtomicU64::new(1),
+            producers: Mutex::new(recovered.producers),
+        });
+        // Rebuild queues in journal order, grouping consecutive messages per queue.
+        let mut by_queue: HashMap<String, Vec<Arc<Message>>> = HashMap::new();
+        let mut order: Vec<String> = Vec::new();
+        for stored in recovered.messages {
+            let mut msg = Message::from_stored(stored);
+            if msg.body.is_some() && !broker.ctx.memory.try_reserve(msg.memory_bytes()) {
+                // Past the body cache: the journal serves the body at delivery.
+                msg.body = None;
+            }
+            let dest = msg.destination.to_string();
+            let list = by_queue.entry(dest.clone()).or_insert_with(|| {
+                order.push(dest);
+                Vec::new()
+            });
+            list.push(Arc::new(msg));
+        }
+        for name in order {
+            if let Some(msgs) = by_queue.remove(&name) {
+                let q = broker.queue(&name);
+                let fx = q.enqueue(msgs);
+                broker.apply(fx);
+            }
+        }
+        broker
+    }
+
+    /// A fresh message id.
+    pub fn next_message_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A fresh connection id.
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Memory accounting.
+    pub fn memory(&self) -> &Arc<MemoryBudget> {
+        &self.ctx.memory
+    }
+
+    /// The queue named `name` (`/queue/x`), created on first use.
+    pub fn queue(&self, name: &str) -> Arc<Queue> {
+        if let Some(q) = self
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return q.clone();
+        }
+        let mut w = self.queues.write().unwrap_or_else(|p| p.into_inner());
+        w.entry(Arc::from(name))
+            .or_insert_with(|| {
+                tracing::debug!(queue = name, "queue created");
+                Queue::new(
+                    Arc::from(name),
+                    self.config.destinations.policy_for(name),
+                    self.ctx.clone(),
+                )
+            })
+            .clone()
+    }
+
+    /// The topic named `name` (`/topic/x`), created on first use.
+    pub fn topic(&self, name: &str) -> Arc<Topic> {
+        if let Some(t) = self
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return t.clone();
+        }
+        let mut w = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        let slow_limit = self.config.limits.max_pending_bytes.0.saturating_mul(4);
+        w.entry(Arc::from(name))
+            .or_insert_with(|| Arc::new(Topic::new(Arc::from(name), slow_limit)))
+            .clone()
+    }
+
+    /// Every queue, for statistics and tests.
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Checks and records a producer's sequence number. Sequences are per producer id and must
+    /// increase; anything at or below the highest accepted one is a duplicate (a re-send after a
+    /// lost receipt or a failover).
+    pub fn dedup(&self, producer: Option<&ProducerSeq>) -> Dedup {
+        let Some(p) = producer else { return Dedup::New };
+        let mut map = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(&p.producer) {
+            Some(high) if p.seq <= *high => {
+                self.stats.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
+                Dedup::Duplicate
+            }
+            Some(high) => {
+                *high = p.seq;
+                Dedup::New
+            }
+            None => {
+                map.insert(p.producer.clone(), p.seq);
+                Dedup::New
+            }
+        }
+    }
+
+    /// Carries out follow-up work of queue operations (dead-letter moves).
+    pub fn apply(&self, mut effects: Effects) {
+        // A dead-letter move can itself produce effects (an expired message in the DLQ); loop.
+        let mut rounds = 0;
+        while !effects.dead_letters.is_empty() && rounds < 8 {
+            rounds += 1;
+            let mut next = Effects::default();
+            for (msg, deliveries, reason) in std::mem::take(&mut effects.dead_letters) {
+                let source = msg.destination.to_string();
+                let policy = self.config.destinations.policy_for(&source);
+                let dlq_name = match source.strip_prefix("/queue/") {
+                    Some(rest) => format!("/queue/{}{rest}", policy.dead_letter_prefix),
+                    None => format!("/queue/{}{source}", policy.dead_letter_prefix),
+                };
+                let mut headers = msg.headers.clone();
+                headers.retain(|(k, _)| k != "original-destination" && k != "dlq-reason");
+                headers.push(("original-destination".into(), source.clone()));
+                headers.push(("dlq-reason".into(), reason.as_str().into()));
+                headers.push(("original-message-id".into(), msg.message_id()));
+                headers.push(("dlq-delivery-count".into(), deliveries.to_string()));
+                let body = match &msg.body {
+                    Some(b) => Some(b.clone()),
+                    None => match self.journal.read_body(msg.id) {
+                        Ok(b) => Some(b),
+                        Err(e) => {
+                            tracing::error!(id = msg.id, error = %e, "cannot read body for dead-letter move; message kept in journal");
+                            continue;
+                        }
+                    },
+                };
+                let moved = Message {
+                    id: self.next_message_id(),
+                    destination: Arc::from(dlq_name.as_str()),
+                    persistent: msg.persistent,
+                    priority: msg.priority,
+                    // A dead-lettered message does not expire again.
+                    expires: 0,
+                    timestamp: now_ms(),
+                    producer: None,
+                    headers,
+                    body_len: msg.body_len,
+                    body,
+                };
+                if msg.persistent {
+                    self.journal.append_lazy(vec![
+                        Op::Add(moved.to_stored()),
+                        Op::Ack { id: msg.id },
+                    ]);
+                }
+                let mut moved = moved;
+                if !self.memory().try_reserve(moved.memory_bytes()) {
+                    if moved.persistent {
+                        moved.body = None;
+                    } else {
+                        self.memory().force_reserve(moved.memory_bytes());
+                    }
+                }
+                tracing::info!(from = %source, to = %dlq_name, reason = reason.as_str(), id = msg.id, "message dead-lettered");
+                let fx = self.queue(&dlq_name).enqueue([Arc::new(moved)]);
+                next.dead_letters.extend(fx.dead_letters);
+            }
+            effects = next;
+        }
+    }
+}

@@ -1,0 +1,586 @@
+//! Broker configuration: the typed, validated settings of one `mq-broker`.
+//!
+//! Settings come from an optional TOML file (`--config`), with command-line flags overriding the
+//! file. Everything is validated once, here, with errors that name the key; the rest of the broker
+//! only sees typed values (`SocketAddr`, `Duration`, byte counts). `mq-broker --print-config` prints
+//! the effective configuration as TOML, which doubles as the documented default file.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pattern::Pattern;
+
+/// A configuration problem, naming the key or value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown keys are errors).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// The key, in TOML dotted form.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// A byte count written as an integer or with a unit: `65536`, `"64KiB"`, `"10 MiB"`, `"1GB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a byte size (e.g. 65536, \"64KiB\", \"10MiB\")"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1000,
+            "kib" | "k" => 1024,
+            "mb" => 1000 * 1000,
+            "mib" | "m" => 1024 * 1024,
+            "gb" => 1000 * 1000 * 1000,
+            "gib" | "g" => 1024 * 1024 * 1024,
+            other => return Err(format!("unknown byte unit {other:?} in {s:?}")),
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let v = self.0;
+        for (unit, m) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if v >= m && v % m == 0 {
+                return s.serialize_str(&format!("{}{unit}", v / m));
+            }
+        }
+        s.serialize_u64(v)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A duration written as `"10s"`, `"250ms"`, `"1m"` (humantime syntax).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e} (e.g. \"10s\", \"250ms\")")))
+    }
+}
+
+/// A client listener URL: `stomp://HOST:PORT` (or `tcp://HOST:PORT`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenUrl {
+    /// Host as written (kept for publishing).
+    pub host: String,
+    /// Port (0 = pick a free one).
+    pub port: u16,
+}
+
+impl FromStr for ListenUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let rest = s
+            .strip_prefix("stomp://")
+            .or_else(|| s.strip_prefix("tcp://"))
+            .ok_or_else(|| format!("{s:?}: listener URLs start with stomp:// or tcp://"))?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?}: missing :PORT"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{s:?}: missing host"));
+        }
+        let port = port
+            .parse()
+            .map_err(|_| format!("{s:?}: port {port:?} is not a number from 0 to 65535"))?;
+        Ok(ListenUrl {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for ListenUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "stomp://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "stomp://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl ListenUrl {
+    /// Resolves the address to bind.
+    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("{self}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{self}: host resolves to no address"))
+    }
+}
+
+/// What happens to a message whose `expires` time has passed before delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExpiredAction {
+    /// Remove it silently (counted in metrics).
+    Drop,
+    /// Move it to the destination's dead-letter queue (ActiveMQ's default).
+    DeadLetter,
+}
+
+/// Connection and frame limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most simultaneous client connections; more are refused with an ERROR frame.
+    pub max_connections: usize,
+    /// Largest frame accepted (headers and body).
+    pub max_frame_bytes: ByteSize,
+    /// Most headers in one frame.
+    pub max_headers: usize,
+    /// Longest header line.
+    pub max_header_line: ByteSize,
+    /// Bytes buffered for one connection's socket in either direction before the broker stops
+    /// reading from it (inbound) or stops handing it more messages (outbound).
+    pub max_pending_bytes: ByteSize,
+    /// Time a new connection has to send CONNECT.
+    pub connect_timeout: HumanDuration,
+    /// Close connections that send nothing for this long when no heart-beat was negotiated
+    /// (`"0s"` = never).
+    pub idle_timeout: HumanDuration,
+    /// Heart-beat the broker offers: (can send every, wants to receive every), in milliseconds.
+    pub heart_beat_ms: (u64, u64),
+    /// Memory for message bodies held by queues (non-persistent messages, and cached bodies of
+    /// persistent ones). Past it, persistent bodies are read back from the journal and producers of
+    /// non-persistent messages are paused (producer flow control).
+    pub max_memory: ByteSize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_frame_bytes: ByteSize(10 << 20),
+            max_headers: 128,
+            max_header_line: ByteSize(16 << 10),
+            max_pending_bytes: ByteSize(4 << 20),
+            connect_timeout: HumanDuration(Duration::from_secs(10)),
+            idle_timeout: HumanDuration(Duration::ZERO),
+            heart_beat_ms: (10_000, 10_000),
+            max_memory: ByteSize(512 << 20),
+        }
+    }
+}
+
+/// Journal settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSettings {
+    /// Size at which the journal starts a new segment file.
+    pub segment_bytes: ByteSize,
+    /// Start even if a segment other than the last is corrupt, dropping what follows the damage
+    /// in that segment (logged loudly). Off by default: a corrupt middle segment stops the broker.
+    pub salvage: bool,
+}
+
+impl Default for JournalSettings {
+    fn default() -> Self {
+        JournalSettings {
+            segment_bytes: ByteSize(64 << 20),
+            salvage: false,
+        }
+    }
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// TOML file of users with argon2 password hashes (see `mq-broker hash-password`). When unset,
+    /// the documented default user `admin`/`admin` is active and the broker warns about it.
+    pub users_file: Option<PathBuf>,
+    /// Accept connections without login (not recommended).
+    pub allow_anonymous: bool,
+}
+
+/// Per-destination behaviour; every field is optional in a policy and falls back to the defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationPolicy {
+    /// Destinations this policy applies to (`queue://orders.>`); not used in `[destinations]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// Whether a SEND without a `persistent` header is persistent (queues only; topics are never
+    /// journaled because subscriptions are not durable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent: Option<bool>,
+    /// Deliveries allowed before a message is dead-lettered (ActiveMQ default 6 redeliveries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_redeliveries: Option<u32>,
+    /// Default prefetch window of a subscription that does not ask for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetch: Option<u32>,
+    /// What to do with expired messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired: Option<ExpiredAction>,
+    /// Name prefix of dead-letter queues: `/queue/orders` dead-letters to `/queue/DLQ.orders`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_prefix: Option<String>,
+}
+
+/// The resolved policy for one destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// See [`DestinationPolicy::persistent`].
+    pub persistent: bool,
+    /// See [`DestinationPolicy::max_redeliveries`].
+    pub max_redeliveries: u32,
+    /// See [`DestinationPolicy::prefetch`].
+    pub prefetch: u32,
+    /// See [`DestinationPolicy::expired`].
+    pub expired: ExpiredAction,
+    /// See [`DestinationPolicy::dead_letter_prefix`].
+    pub dead_letter_prefix: String,
+}
+
+/// Destination defaults plus per-pattern overrides.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Destinations {
+    /// Defaults for every destination.
+    #[serde(flatten)]
+    pub defaults: DestinationPolicy,
+    /// Overrides; the first matching policy wins per field.
+    #[serde(rename = "policy", skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<DestinationPolicy>,
+    #[serde(skip)]
+    compiled: Vec<(Pattern, DestinationPolicy)>,
+}
+
+impl Default for Destinations {
+    fn default() -> Self {
+        Destinations {
+            defaults: DestinationPolicy {
+                pattern: None,
+                persistent: Some(true),
+                max_redeliveries: Some(6),
+                prefetch: Some(1000),
+                expired: Some(ExpiredAction::DeadLetter),
+                dead_letter_prefix: Some("DLQ.".into()),
+            },
+            policies: Vec::new(),
+            compiled: Vec::new(),
+        }
+    }
+}
+
+impl Destinations {
+    fn compile(&mut self) -> Result<(), ConfigError> {
+        let d = Destinations::default().defaults;
+        let defaults = &mut self.defaults;
+        defaults.persistent = defaults.persistent.or(d.persistent);
+        defaults.max_redeliveries = defaults.max_redeliveries.or(d.max_redeliveries);
+        defaults.prefetch = defaults.prefetch.or(d.prefetch);
+        defaults.expired = defaults.expired.or(d.expired);
+        defaults.dead_letter_prefix = defaults.dead_letter_prefix.take().or(d.dead_letter_prefix);
+        if defaults.pattern.is_some() {
+            return Err(invalid(
+                "destinations.pattern",
+                "patterns belong in [[destinations.policy]] entries",
+            ));
+        }
+        if defaults.prefetch == Some(0) {
+            return Err(invalid("destinations.prefetch", "must be at least 1"));
+        }
+        self.compiled.clear();
+        for (i, p) in self.policies.iter().enumerate() {
+            let key = format!("destinations.policy[{i}].pattern");
+            let pat = p
+                .pattern
+                .as_deref()
+                .ok_or_else(|| invalid(&key, "missing"))?
+                .parse::<Pattern>()
+                .map_err(|e| invalid(&key, e.to_string()))?;
+            if p.prefetch == Some(0) {
+                return Err(invalid(
+                    format!("destinations.policy[{i}].prefetch"),
+                    "must be at least 1",
+                ));
+            }
+            self.compiled.push((pat, p.clone()));
+        }
+        Ok(())
+    }
+
+    /// The policy for `destination` (STOMP name).
+    pub fn policy_for(&self, destination: &str) -> Policy {
+        let mut r = DestinationPolicy::default();
+        for (pat, p) in &self.compiled {
+            if pat.matches(destination) {
+                r.persistent = r.persistent.or(p.persistent);
+                r.max_redeliveries = r.max_redeliveries.or(p.max_redeliveries);
+                r.prefetch = r.prefetch.or(p.prefetch);
+                r.expired = r.expired.or(p.expired);
+                if r.dead_letter_prefix.is_none() {
+                    r.dead_letter_prefix = p.dead_letter_prefix.clone();
+                }
+            }
+        }
+        let d = &self.defaults;
+        Policy {
+            persistent: r.persistent.or(d.persistent).unwrap_or(true),
+            max_redeliveries: r.max_redeliveries.or(d.max_redeliveries).unwrap_or(6),
+            prefetch: r.prefetch.or(d.prefetch).unwrap_or(1000),
+            expired: r
+                .expired
+                .or(d.expired)
+                .unwrap_or(ExpiredAction::DeadLetter),
+            dead_letter_prefix: r
+                .dead_letter_prefix
+                .or_else(|| d.dead_letter_prefix.clone())
+                .unwrap_or_else(|| "DLQ.".into()),
+        }
+    }
+}
+
+/// The whole broker configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Client listeners.
+    pub listen: Vec<String>,
+    /// Data directory (journal and lock file).
+    pub data_dir: PathBuf,
+    /// Limits.
+    pub limits: Limits,
+    /// Journal.
+    pub journal: JournalSettings,
+    /// Authentication.
+    pub auth: AuthSettings,
+    /// Destination policies.
+    pub destinations: Destinations,
+    #[serde(skip)]
+    listeners: Vec<ListenUrl>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: vec!["stomp://0.0.0.0:61613".into()],
+            data_dir: PathBuf::from("./data"),
+            limits: Limits::default(),
+            journal: JournalSettings::default(),
+            auth: AuthSettings::default(),
+            destinations: Destinations::default(),
+            listeners: Vec::new(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Reads a TOML file (unknown keys are errors). Call [`BrokerConfig::validate`] after applying
+    /// command-line overrides.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks every value and compiles derived forms; names the key at fault.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(invalid("listen", "at least one listener is required"));
+        }
+        self.listeners = self
+            .listen
+            .iter()
+            .enumerate()
+            .map(|(i, l)| l.parse().map_err(|e: String| invalid(format!("listen[{i}]"), e)))
+            .collect::<Result<_, _>>()?;
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if l.max_frame_bytes.0 < 1024 {
+            return Err(invalid("limits.max_frame_bytes", "must be at least 1KiB"));
+        }
+        if l.max_frame_bytes.0 > (1 << 30) {
+            return Err(invalid("limits.max_frame_bytes", "must be at most 1GiB"));
+        }
+        if l.max_headers == 0 {
+            return Err(invalid("limits.max_headers", "must be at least 1"));
+        }
+        if l.max_header_line.0 < 64 {
+            return Err(invalid("limits.max_header_line", "must be at least 64 bytes"));
+        }
+        if l.max_pending_bytes.0 < 64 * 1024 {
+            return Err(invalid("limits.max_pending_bytes", "must be at least 64KiB"));
+        }
+        if l.connect_timeout.0.is_zero() {
+            return Err(invalid("limits.connect_timeout", "must be more than 0s"));
+        }
+        if self.journal.segment_bytes.0 < (1 << 20) {
+            return Err(invalid("journal.segment_bytes", "must be at least 1MiB"));
+        }
+        self.destinations.compile()
+    }
+
+    /// Listener URLs, parsed (valid after [`BrokerConfig::validate`]).
+    pub fn listeners(&self) -> &[ListenUrl] {
+        &self.listeners
+    }
+
+    /// Effective configuration as TOML (a commented default file is generated from this).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!("65536".parse::<ByteSize>().unwrap().0, 65536);
+        assert_eq!("64KiB".parse::<ByteSize>().unwrap().0, 65536);
+        assert_eq!("10 MiB".parse::<ByteSize>().unwrap().0, 10 << 20);
+        assert_eq!("1GB".parse::<ByteSize>().unwrap().0, 1_000_000_000);
+        assert!("ten".parse::<ByteSize>().is_err());
+        assert!("10 parsecs".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn defaults_validate_and_round_trip() {
+        let mut c = BrokerConfig::default();
+        c.validate().unwrap();
+        let text = c.to_toml();
+        let mut back = BrokerConfig::from_toml(&text).unwrap();
+        back.validate().unwrap();
+        assert_eq!(back.listeners(), c.listeners());
+        assert_eq!(back.limits.max_frame_bytes, c.limits.max_frame_bytes);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = BrokerConfig::from_toml("[limits]\nmax_conections = 3\n").unwrap_err();
+        assert!(e.contains("max_conections"), "{e}");
+        let mut c = BrokerConfig::from_toml("listen = [\"http://x:1\"]").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("listen[0]"), "{e}");
+        let e = BrokerConfig::from_toml("[limits]\nconnect_timeout = \"soon\"\n").unwrap_err();
+        assert!(e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn policies_resolve_first_match_per_field() {
+        let mut c = BrokerConfig::from_toml(
+            r#"
+            [destinations]
+            max_redeliveries = 2
+            [[destinations.policy]]
+            pattern = "queue://events.>"
+            persistent = false
+            [[destinations.policy]]
+            pattern = ">"
+            prefetch = 10
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let p = c.destinations.policy_for("/queue/events.a");
+        assert!(!p.persistent);
+        assert_eq!(p.prefetch, 10);
+        assert_eq!(p.max_redeliveries, 2);
+        let p = c.destinations.policy_for("/queue/orders");
+        assert!(p.persistent);
+        assert_eq!(p.expired, ExpiredAction::DeadLetter);
+    }
+
+    #[test]
+    fn listen_urls() {
+        let u: ListenUrl = "stomp://127.0.0.1:61613".parse().unwrap();
+        assert_eq!(u.port, 61613);
+        assert_eq!(u.to_string(), "stomp://127.0.0.1:61613");
+        assert!("stomp://127.0.0.1".parse::<ListenUrl>().is_err());
+        assert!("stomp://:1".parse::<ListenUrl>().is_err());
+        assert!("stomp://h:99999".parse::<ListenUrl>().is_err());
+    }
+}

@@ -1,0 +1,1313 @@
+//! One client connection: handshake, frame handling, deliveries, receipts, heart-beats.
+//!
+//! A connection is one task that owns its socket and all per-connection state (subscriptions,
+//! unacknowledged deliveries, open transactions, pending receipts); nothing else touches that state.
+//! Other tasks reach it only through its [`Outbox`] (deliveries from queues and topics).
+//!
+//! The task never blocks on a write: one `select!` loop reads, writes whatever is buffered, takes
+//! deliveries from the outbox and completes receipts as the journal fsyncs. Backpressure is explicit:
+//! - inbound: the socket is not read while the outbound buffer or the number of pending receipts
+//!   is over its limit (a producer that does not read its receipts is slowed, not buffered);
+//! - outbound: deliveries are taken from the outbox only while the outbound buffer is under
+//!   `max_pending_bytes`; queues send at most a prefetch window per subscription;
+//! - memory: SENDs of non-persistent messages wait for room in the broker's memory budget
+//!   (producer flow control; the producer's socket is not read meanwhile).
+//!
+//! Receipts are sent in the order of the frames that asked for them; a RECEIPT for a persistent
+//! SEND is written only after the journal's fdatasync covering it returned.
+//!
+//! Protocol errors become exactly one ERROR frame (with `receipt-id` when the frame asked for a
+//! receipt), then the connection is closed; the broker and other connections carry on.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use fabricmq_stomp::{
+    encode, encode_heartbeat, negotiate_heart_beat, negotiate_version, parse_heart_beat, Command,
+    DecodeError, Decoder, Frame, FrameLimits, Item, Version,
+};
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::auth::Principal;
+use crate::broker::{Broker, Dedup};
+use crate::destination::{ConsumerKey, Outbox, Queue};
+use crate::message::{now_ms, Delivery, Message, Outbound, Source, DEFAULT_PRIORITY};
+use crate::store::{Op, ProducerSeq};
+
+/// Server name sent in CONNECTED.
+pub const SERVER: &str = concat!("fabricmq/", env!("CARGO_PKG_VERSION"));
+
+/// Most receipts waiting for the journal before the connection stops reading.
+const MAX_PENDING_RECEIPTS: usize = 8192;
+/// Most deliveries taken from the outbox per loop turn.
+const OUTBOX_BATCH: usize = 256;
+
+/// A problem that ends the connection with an ERROR frame.
+#[derive(Debug)]
+struct ConnError {
+    message: String,
+    detail: String,
+    receipt: Option<String>,
+}
+
+impl ConnError {
+    fn new(message: impl Into<String>, detail: impl Into<String>) -> Self {
+        ConnError {
+            message: message.into(),
+            detail: detail.into(),
+            receipt: None,
+        }
+    }
+
+    fn with_receipt(mut self, f: &Frame) -> Self {
+        self.receipt = f.get("receipt").map(str::to_string);
+        self
+    }
+}
+
+fn error_frame(message: &str, detail: &str, receipt: Option<&str>) -> Frame {
+    let mut f = Frame::new(Command::Error)
+        .header("message", message)
+        .header("content-type", "text/plain");
+    if let Some(r) = receipt {
+        f.push("receipt-id", r);
+    }
+    f.with_body(Bytes::copy_from_slice(detail.as_bytes()))
+}
+
+fn receipt_frame(id: &str) -> Frame {
+    Frame::new(Command::Receipt).header("receipt-id", id)
+}
+
+/// Resolves to the frame to send when its turn comes (None: nothing to send).
+type ReceiptFuture = Pin<Box<dyn Future<Output = Option<Frame>> + Send>>;
+
+fn ready(f: Frame) -> ReceiptFuture {
+    Box::pin(std::future::ready(Some(f)))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AckMode {
+    Auto,
+    Client,
+    Individual,
+}
+
+enum SubTarget {
+    Queue(Arc<Queue>),
+    Topic(Arc<crate::destination::Topic>),
+}
+
+struct Unacked {
+    source: Source,
+    msg_id: u64,
+}
+
+struct Subscription {
+    id: String,
+    key: u64,
+    ack: AckMode,
+    target: SubTarget,
+    /// Deliveries awaiting ACK/NACK, by delivery tag (increasing).
+    unacked: BTreeMap<u64, Unacked>,
+}
+
+struct PendingSend {
+    destination: String,
+    is_queue: bool,
+    persistent: bool,
+    priority: u8,
+    expires: u64,
+    producer: Option<ProducerSeq>,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+#[derive(Default)]
+struct Transaction {
+    sends: Vec<PendingSend>,
+    /// (subscription key, delivery tags) acknowledged inside the transaction.
+    acks: Vec<(u64, Vec<u64>)>,
+}
+
+/// Serves one accepted socket until it closes. Errors are logged, never returned.
+pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+    let conn_id = broker.next_connection_id();
+    let span = tracing::info_span!("conn", conn_id, %peer, login = tracing::field::Empty);
+    async move {
+        let _ = stream.set_nodelay(true);
+        broker.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        broker.stats.connections_open.fetch_add(1, Ordering::Relaxed);
+        debug!("connection accepted");
+        let (rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut conn = Conn::new(broker.clone(), conn_id, rd, wr, tx, rx);
+        conn.run().await;
+        conn.cleanup();
+        broker.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
+        debug!("connection closed");
+    }
+    .instrument(span)
+    .await
+}
+
+/// Refuses a connection over the limit with an ERROR frame (best effort, bounded in time).
+pub async fn refuse(mut stream: TcpStream, reason: &str) {
+    let mut buf = BytesMut::new();
+    encode(&error_frame(reason, reason, None), Version::V1_2, &mut buf);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
+    let _ = stream.shutdown().await;
+}
+
+struct Conn {
+    broker: Arc<Broker>,
+    id: u64,
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    inbuf: BytesMut,
+    outbuf: BytesMut,
+    decoder: Decoder,
+    version: Version,
+    principal: Option<Principal>,
+    outbox: Outbox,
+    outbox_rx: mpsc::UnboundedReceiver<Outbound>,
+    subs: HashMap<String, Subscription>,
+    sub_ids: HashMap<u64, String>,
+    next_sub_key: u64,
+    next_tag: u64,
+    txs: HashMap<String, Transaction>,
+    receipts: FuturesOrdered<ReceiptFuture>,
+    /// Browser subscriptions being streamed: (subscription id, remaining messages).
+    browsing: Vec<(String, std::vec::IntoIter<Arc<Message>>)>,
+    send_every: Option<Duration>,
+    expect_every: Option<Duration>,
+    last_read: Instant,
+    last_write: Instant,
+    /// Close once every pending receipt and buffered byte is written.
+    closing: bool,
+    /// Close after flushing, without reading more (set after an ERROR).
+    fatal: bool,
+    max_pending: usize,
+    /// Auto-ack deliveries written this turn: (queue, subscription key, message id).
+    auto_acks: Vec<(Arc<Queue>, u64, u64)>,
+}
+
+impl Conn {
+    fn new(
+        broker: Arc<Broker>,
+        id: u64,
+        rd: OwnedReadHalf,
+        wr: OwnedWriteHalf,
+        tx: mpsc::UnboundedSender<Outbound>,
+        rx: mpsc::UnboundedReceiver<Outbound>,
+    ) -> Self {
+        let l = &broker.config.limits;
+        let limits = FrameLimits {
+            max_frame_bytes: l.max_frame_bytes.0 as usize,
+            max_headers: l.max_headers,
+            max_header_line: l.max_header_line.0 as usize,
+            ..FrameLimits::default()
+        };
+        let max_pending = l.max_pending_bytes.0 as usize;
+        let now = Instant::now();
+        Conn {
+            broker,
+            id,
+            rd,
+            wr,
+            inbuf: BytesMut::with_capacity(64 * 1024),
+            outbuf: BytesMut::with_capacity(64 * 1024),
+            decoder: Decoder::new(limits),
+            version: Version::V1_2,
+            principal: None,
+            outbox: Outbox {
+                tx,
+                pending: Arc::new(AtomicU64::new(0)),
+            },
+            outbox_rx: rx,
+            subs: HashMap::new(),
+            sub_ids: HashMap::new(),
+            next_sub_key: 1,
+            next_tag: 1,
+            txs: HashMap::new(),
+            receipts: FuturesOrdered::new(),
+            browsing: Vec::new(),
+            send_every: None,
+            expect_every: None,
+            last_read: now,
+            last_write: now,
+            closing: false,
+            fatal: false,
+            max_pending,
+            auto_acks: Vec::new(),
+        }
+    }
+
+    fn push_frame(&mut self, f: &Frame) {
+        encode(f, self.version, &mut self.outbuf);
+    }
+
+    fn fail(&mut self, e: ConnError) {
+        if !self.fatal {
+            if self.principal.is_some() {
+                debug!(message = %e.message, detail = %e.detail, "protocol error; closing");
+            } else {
+                info!(message = %e.message, "connection refused");
+            }
+            self.broker
+                .stats
+                .protocol_errors
+                .fetch_add(1, Ordering::Relaxed);
+            let f = error_frame(&e.message, &e.detail, e.receipt.as_deref());
+            self.push_frame(&f);
+        }
+        self.fatal = true;
+    }
+
+    async fn run(&mut self) {
+        if !self.handshake().await {
+            self.flush_bounded().await;
+            return;
+        }
+        let tick_every = [self.send_every, self.expect_every]
+            .into_iter()
+            .flatten()
+            .map(|d| d / 2)
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let idle_timeout = self.broker.config.limits.idle_timeout.0;
+        let shutdown = self.broker.shutdown.clone();
+        let mut shutting_down = false;
+        loop {
+            if self.fatal || (self.closing && self.receipts.is_empty() && self.browsing.is_empty())
+            {
+                break;
+            }
+            let can_read = !self.closing
+                && self.outbuf.len() < self.max_pending
+                && self.receipts.len() < MAX_PENDING_RECEIPTS;
+            let can_take = self.outbuf.len() < self.max_pending;
+            let can_browse = can_take && !self.browsing.is_empty();
+            if self.inbuf.capacity() - self.inbuf.len() < 16 * 1024 {
+                self.inbuf.reserve(64 * 1024);
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if !shutting_down => {
+                    // Finish what is in flight (receipts of appends already queued), then close.
+                    shutting_down = true;
+                    self.closing = true;
+                }
+                Some(frame) = self.receipts.next(), if !self.receipts.is_empty() => {
+                    if let Some(frame) = frame {
+                        self.push_frame(&frame);
+                        if frame.command == Command::Error {
+                            self.fatal = true;
+                        }
+                    }
+                }
+                r = self.wr.write(&self.outbuf), if !self.outbuf.is_empty() => {
+                    match r {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            self.outbuf.advance(n);
+                            self.last_write = Instant::now();
+                        }
+                    }
+                }
+                item = self.outbox_rx.recv(), if can_take => {
+                    if let Some(ob) = item {
+                        self.on_outbound(ob).await;
+                        for _ in 1..OUTBOX_BATCH {
+                            if self.outbuf.len() >= self.max_pending {
+                                break;
+                            }
+                            match self.outbox_rx.try_recv() {
+                                Ok(ob) => self.on_outbound(ob).await,
+                                Err(_) => break,
+                            }
+                        }
+                        self.flush_auto_acks();
+                    }
+                }
+                _ = std::future::ready(()), if can_browse => {
+                    self.stream_browse();
+                }
+                r = self.rd.read_buf(&mut self.inbuf), if can_read => {
+                    match r {
+                        Ok(0) => {
+                            debug!("peer closed");
+                            return;
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "read failed");
+                            return;
+                        }
+                        Ok(_) => {
+                            self.last_read = Instant::now();
+                            self.process_input().await;
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if let Some(expect) = self.expect_every {
+                        if now.duration_since(self.last_read) > expect * 2 {
+                            info!(silent_ms = now.duration_since(self.last_read).as_millis() as u64, "no heart-beat from peer; closing");
+                            return;
+                        }
+                    } else if !idle_timeout.is_zero() && now.duration_since(self.last_read) > idle_timeout {
+                        self.fail(ConnError::new("idle timeout", format!("nothing received for {idle_timeout:?}")));
+                        continue;
+                    }
+                    if let Some(every) = self.send_every {
+                        if self.outbuf.is_empty() && now.duration_since(self.last_write) >= every {
+                            encode_heartbeat(&mut self.outbuf);
+                        }
+                    }
+                }
+            }
+        }
+        self.flush_bounded().await;
+    }
+
+    /// Writes what is buffered, bounded in time (the peer may not be reading).
+    async fn flush_bounded(&mut self) {
+        let outbuf = &mut self.outbuf;
+        let wr = &mut self.wr;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while !outbuf.is_empty() {
+                match wr.write(outbuf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => outbuf.advance(n),
+                }
+            }
+            let _ = wr.shutdown().await;
+        })
+        .await;
+    }
+
+    /// Reads CONNECT, authenticates, negotiates, answers CONNECTED. False = close.
+    async fn handshake(&mut self) -> bool {
+        let timeout = self.broker.config.limits.connect_timeout.0;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let frame = loop {
+            match self.decoder.decode(&mut self.inbuf) {
+                Ok(Some(Item::Frame(f))) => break f,
+                Ok(Some(Item::Heartbeat)) => continue,
+                Ok(None) => {}
+                Err(e) => {
+                    self.fail(decode_error(e));
+                    return false;
+                }
+            }
+            self.inbuf.reserve(4096);
+            match tokio::time::timeout_at(deadline, self.rd.read_buf(&mut self.inbuf)).await {
+                Err(_) => {
+                    self.fail(ConnError::new(
+                        "connect timeout",
+                        format!("no CONNECT frame within {timeout:?}"),
+                    ));
+                    return false;
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => return false,
+                Ok(Ok(_)) => {}
+            }
+        };
+        if !matches!(frame.command, Command::Connect | Command::Stomp) {
+            self.fail(
+                ConnError::new(
+                    "expected CONNECT",
+                    format!("first frame was {}", frame.command.as_str()),
+                )
+                .with_receipt(&frame),
+            );
+            return false;
+        }
+        let Some(version) = negotiate_version(frame.get("accept-version")) else {
+            let mut f = error_frame(
+                "unsupported protocol version",
+                "supported versions are 1.0,1.1,1.2",
+                None,
+            );
+            f.push("version", "1.0,1.1,1.2");
+            self.push_frame(&f);
+            self.fatal = true;
+            return false;
+        };
+        self.version = version;
+        let client_hb = match parse_heart_beat(frame.get("heart-beat")) {
+            Ok(hb) => hb,
+            Err(e) => {
+                self.fail(ConnError::new("invalid heart-beat header", e.to_string()));
+                return false;
+            }
+        };
+        let login = frame.get("login").map(str::to_string);
+        let passcode = frame.get("passcode").map(str::to_string);
+        let auth = self.broker.auth.clone();
+        let login2 = login.clone();
+        let principal =
+            tokio::task::spawn_blocking(move || auth.authenticate(login2.as_deref(), passcode.as_deref()))
+                .await
+                .ok()
+                .flatten();
+        let Some(principal) = principal else {
+            self.broker
+                .stats
+                .auth_failures
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(login = login.as_deref().unwrap_or(""), "authentication failed");
+            self.fail(ConnError::new(
+                "authentication failed",
+                "the login or passcode is wrong",
+            ));
+            return false;
+        };
+        tracing::Span::current().record("login", principal.user.as_str());
+        let ours = self.broker.config.limits.heart_beat_ms;
+        let (send_ms, expect_ms) = if version == Version::V1_0 {
+            (0, 0)
+        } else {
+            negotiate_heart_beat(ours, client_hb)
+        };
+        self.send_every = (send_ms > 0).then(|| Duration::from_millis(send_ms));
+        self.expect_every = (expect_ms > 0).then(|| Duration::from_millis(expect_ms));
+        self.decoder.set_version(version);
+        let mut connected = Frame::new(Command::Connected)
+            .header("version", version.as_str())
+            .header("server", SERVER)
+            .header("session", format!("session-{}", self.id));
+        if version != Version::V1_0 {
+            connected.push("heart-beat", format!("{},{}", ours.0, ours.1));
+        }
+        self.push_frame(&connected);
+        debug!(version = version.as_str(), send_ms, expect_ms, "connected");
+        self.principal = Some(principal);
+        true
+    }
+
+    async fn process_input(&mut self) {
+        while !self.fatal && !self.closing {
+            match self.decoder.decode(&mut self.inbuf) {
+                Ok(Some(Item::Frame(f))) => {
+                    if let Err(e) = self.on_frame(f).await {
+                        self.fail(e);
+                    }
+                }
+                Ok(Some(Item::Heartbeat)) => {}
+                Ok(None) => break,
+                Err(e) => self.fail(decode_error(e)),
+            }
+        }
+    }
+
+    fn receipt_now(&mut self, f: &Frame) {
+        if let Some(r) = f.get("receipt") {
+            let frame = receipt_frame(r);
+            if self.receipts.is_empty() {
+                self.push_frame(&frame);
+            } else {
+                self.receipts.push_back(ready(frame));
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, f: Frame) -> Result<(), ConnError> {
+        match f.command {
+            Command::Send => self.on_send(f).await,
+            Command::Subscribe => self.on_subscribe(f),
+            Command::Unsubscribe => self.on_unsubscribe(f),
+            Command::Ack => self.on_ack(f, false),
+            Command::Nack => self.on_ack(f, true),
+            Command::Begin => {
+                let tx = required(&f, "transaction")?.to_string();
+                if self.txs.contains_key(&tx) {
+                    return Err(ConnError::new(
+                        "transaction already started",
+                        format!("transaction {tx:?} is already open"),
+                    )
+                    .with_receipt(&f));
+                }
+                self.txs.insert(tx, Transaction::default());
+                self.receipt_now(&f);
+                Ok(())
+            }
+            Command::Commit => self.on_commit(f).await,
+            Command::Abort => {
+                let tx = required(&f, "transaction")?;
+                if self.txs.remove(tx).is_none() {
+                    return Err(unknown_tx(tx).with_receipt(&f));
+                }
+                self.receipt_now(&f);
+                Ok(())
+            }
+            Command::Disconnect => {
+                self.receipt_now(&f);
+                self.closing = true;
+                Ok(())
+            }
+            Command::Connect | Command::Stomp => Err(ConnError::new(
+                "already connected",
+                "CONNECT received on a connected session",
+            )
+            .with_receipt(&f)),
+            other => Err(ConnError::new(
+                "unexpected frame",
+                format!("clients do not send {}", other.as_str()),
+            )
+            .with_receipt(&f)),
+        }
+    }
+
+    fn parse_send(&self, f: &Frame) -> Result<PendingSend, ConnError> {
+        let destination = required(f, "destination")?;
+        let is_queue = check_destination(destination).map_err(|e| e.with_receipt(f))?;
+        let bad = |name: &str, v: &str, why: &str| {
+            ConnError::new(
+                format!("invalid {name} header"),
+                format!("{name}:{v:?} {why}"),
+            )
+            .with_receipt(f)
+        };
+        let persistent = match f.get("persistent") {
+            None => {
+                is_queue
+                    && self
+                        .broker
+                        .config
+                        .destinations
+                        .policy_for(destination)
+                        .persistent
+            }
+            Some("true") => true,
+            Some("false") => false,
+            Some(v) => return Err(bad("persistent", v, "must be true or false")),
+        };
+        let priority = match f.get("priority") {
+            None => DEFAULT_PRIORITY,
+            Some(v) => match v.parse::<u8>() {
+                Ok(p) if p <= 9 => p,
+                _ => return Err(bad("priority", v, "must be 0 to 9")),
+            },
+        };
+        let expires = match f.get("expires") {
+            None => 0,
+            Some(v) => v
+                .parse::<u64>()
+                .map_err(|_| bad("expires", v, "must be milliseconds since the Unix epoch"))?,
+        };
+        let producer = match (f.get("producer-id"), f.get("producer-seq")) {
+            (None, None) => None,
+            (Some(id), Some(seq)) if !id.is_empty() => Some(ProducerSeq {
+                producer: id.to_string(),
+                seq: seq
+                    .parse()
+                    .map_err(|_| bad("producer-seq", seq, "must be an unsigned integer"))?,
+            }),
+            _ => {
+                return Err(ConnError::new(
+                    "invalid producer headers",
+                    "producer-id and producer-seq go together",
+                )
+                .with_receipt(f))
+            }
+        };
+        let headers = f
+            .headers
+            .iter()
+            .filter(|(k, _)| !is_broker_header(k))
+            .cloned()
+            .collect();
+        Ok(PendingSend {
+            destination: destination.to_string(),
+            is_queue,
+            persistent,
+            priority,
+            expires,
+            producer,
+            headers,
+            body: f.body.clone(),
+        })
+    }
+
+    async fn on_send(&mut self, f: Frame) -> Result<(), ConnError> {
+        let send = self.parse_send(&f)?;
+        if let Some(tx) = f.get("transaction") {
+            let Some(t) = self.txs.get_mut(tx) else {
+                return Err(unknown_tx(tx).with_receipt(&f));
+            };
+            t.sends.push(send);
+            self.receipt_now(&f);
+            return Ok(());
+        }
+        let receipt = f.get("receipt").map(str::to_string);
+        let mut ops = Vec::new();
+        let accepted = self.accept(send, &mut ops).await;
+        let journal = &self.broker.journal;
+        match (receipt, ops.is_empty()) {
+            (Some(r), false) => {
+                let fut = journal.append(ops);
+                self.receipts.push_back(Box::pin(async move {
+                    Some(match fut.await {
+                        Ok(()) => receipt_frame(&r),
+                        Err(e) => {
+                            warn!(error = %e, "journal append failed");
+                            error_frame("message not stored", &e.to_string(), Some(&r))
+                        }
+                    })
+                }));
+            }
+            (Some(r), true) if accepted.is_none() => {
+                // A duplicate: its original may still be on its way to disk; receipt once
+                // everything queued so far is durable.
+                let j = journal.clone();
+                self.receipts.push_back(Box::pin(async move {
+                    Some(match j.flush().await {
+                        Ok(()) => receipt_frame(&r),
+                        Err(e) => error_frame("message not stored", &e.to_string(), Some(&r)),
+                    })
+                }));
+            }
+            (Some(r), true) => {
+                let frame = receipt_frame(&r);
+                if self.receipts.is_empty() {
+                    self.push_frame(&frame);
+                } else {
+                    self.receipts.push_back(ready(frame));
+                }
+            }
+            (None, false) => journal.append_lazy(ops),
+            (None, true) => {}
+        }
+        if let Some((dest, msg)) = accepted {
+            self.route(&dest, msg);
+        }
+        Ok(())
+    }
+
+    /// De-duplicates and builds the message; persistent queue messages add their journal op
+    /// to `ops`. Returns the message to route, or None for a duplicate.
+    async fn accept(
+        &mut self,
+        send: PendingSend,
+        ops: &mut Vec<Op>,
+    ) -> Option<(String, Arc<Message>)> {
+        if self.broker.dedup(send.producer.as_ref()) == Dedup::Duplicate {
+            debug!(producer = ?send.producer, "duplicate send dropped");
+            return None;
+        }
+        let mut msg = Message {
+            id: self.broker.next_message_id(),
+            destination: Arc::from(send.destination.as_str()),
+            persistent: send.persistent,
+            priority: send.priority,
+            expires: send.expires,
+            timestamp: now_ms(),
+            producer: send.producer,
+            headers: send.headers,
+            body_len: send.body.len() as u32,
+            body: Some(send.body),
+        };
+        if send.is_queue {
+            let cost = msg.memory_bytes();
+            if msg.persistent {
+                ops.push(Op::Add(msg.to_stored()));
+                if !self.broker.memory().try_reserve(cost) {
+                    msg.body = None;
+                }
+            } else {
+                // Producer flow control: wait for room rather than grow without bound.
+                let memory = self.broker.memory().clone();
+                if !memory.try_reserve(cost) {
+                    debug!("memory limit reached; producer paused");
+                    tokio::select! {
+                        _ = memory.reserve(cost) => {}
+                        _ = self.broker.shutdown.cancelled() => return None,
+                    }
+                }
+            }
+        }
+        Some((send.destination, Arc::new(msg)))
+    }
+
+    fn route(&self, dest: &str, msg: Arc<Message>) {
+        if dest.starts_with("/queue/") {
+            let q = self.broker.queue(dest);
+            let fx = q.enqueue([msg]);
+            self.broker.apply(fx);
+        } else {
+            self.broker.topic(dest).publish(msg);
+        }
+    }
+
+    async fn on_commit(&mut self, f: Frame) -> Result<(), ConnError> {
+        let txid = required(&f, "transaction")?;
+        let Some(tx) = self.txs.remove(txid) else {
+            return Err(unknown_tx(txid).with_receipt(&f));
+        };
+        let mut ops = Vec::new();
+        // Acks first: they are validated and taken out of the subscriptions now.
+        let mut by_queue: Vec<(Arc<Queue>, ConsumerKey, Vec<u64>)> = Vec::new();
+        for (sub_key, tags) in tx.acks {
+            let Some(sub_id) = self.sub_ids.get(&sub_key) else {
+                continue;
+            };
+            let Some(sub) = self.subs.get_mut(sub_id) else {
+                continue;
+            };
+            for tag in tags {
+                if let Some(u) = sub.unacked.remove(&tag) {
+                    if let Source::Queue(q) = u.source {
+                        let key = ConsumerKey {
+                            conn: self.id,
+                            sub: sub_key,
+                        };
+                        match by_queue
+                            .iter_mut()
+                            .find(|(bq, k, _)| Arc::ptr_eq(bq, &q) && *k == key)
+                        {
+                            Some((_, _, ids)) => ids.push(u.msg_id),
+                            None => by_queue.push((q, key, vec![u.msg_id])),
+                        }
+                    }
+                }
+            }
+        }
+        for (q, key, ids) in by_queue {
+            let out = q.ack(key, &ids, false);
+            ops.extend(out.persistent.into_iter().map(|id| Op::Ack { id }));
+            self.broker.apply(out.effects);
+        }
+        let mut accepted = Vec::new();
+        for send in tx.sends {
+            if let Some(m) = self.accept(send, &mut ops).await {
+                accepted.push(m);
+            }
+        }
+        let receipt = f.get("receipt").map(str::to_string);
+        if ops.is_empty() {
+            if let Some(r) = receipt {
+                self.receipts.push_back(ready(receipt_frame(&r)));
+            }
+        } else {
+            // One record: every send and ack of the transaction, all or nothing.
+            let fut = self.broker.journal.append(ops);
+            self.receipts.push_back(Box::pin(async move {
+                match fut.await {
+                    Ok(()) => receipt.map(|r| receipt_frame(&r)),
+                    Err(e) => {
+                        warn!(error = %e, "journal append of a commit failed");
+                        Some(error_frame(
+                            "transaction not stored",
+                            &e.to_string(),
+                            receipt.as_deref(),
+                        ))
+                    }
+                }
+            }));
+        }
+        for (dest, msg) in accepted {
+            self.route(&dest, msg);
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, f: Frame) -> Result<(), ConnError> {
+        let destination = required(&f, "destination")?.to_string();
+        let is_queue = check_destination(&destination).map_err(|e| e.with_receipt(&f))?;
+        let id = match f.get("id") {
+            Some(id) => id.to_string(),
+            None if self.version == Version::V1_0 => destination.clone(),
+            None => return Err(ConnError::new("missing header", "SUBSCRIBE needs an id header").with_receipt(&f)),
+        };
+        if self.subs.contains_key(&id) {
+            return Err(ConnError::new(
+                "duplicate subscription",
+                format!("subscription id {id:?} is already in use"),
+            )
+            .with_receipt(&f));
+        }
+        let ack = match f.get("ack").unwrap_or("auto") {
+            "auto" => AckMode::Auto,
+            "client" => AckMode::Client,
+            "client-individual" => AckMode::Individual,
+            other => {
+                return Err(ConnError::new(
+                    "invalid ack header",
+                    format!("ack:{other:?} must be auto, client or client-individual"),
+                )
+                .with_receipt(&f))
+            }
+        };
+        if f.get("browser") == Some("true") {
+            if !is_queue {
+                return Err(ConnError::new(
+                    "browse needs a queue",
+                    format!("{destination} is not a queue"),
+                )
+                .with_receipt(&f));
+            }
+            let snapshot = self.broker.queue(&destination).browse();
+            self.receipt_now(&f);
+            self.browsing.push((id, snapshot.into_iter()));
+            return Ok(());
+        }
+        let prefetch = match f.get("prefetch").or_else(|| f.get("activemq.prefetchSize")) {
+            None => self.broker.config.destinations.policy_for(&destination).prefetch,
+            Some(v) => match v.parse::<u32>() {
+                Ok(p) if p > 0 => p,
+                _ => {
+                    return Err(ConnError::new(
+                        "invalid prefetch header",
+                        format!("prefetch:{v:?} must be a positive integer"),
+                    )
+                    .with_receipt(&f))
+                }
+            },
+        };
+        let key = self.next_sub_key;
+        self.next_sub_key += 1;
+        let ckey = ConsumerKey {
+            conn: self.id,
+            sub: key,
+        };
+        let target = if is_queue {
+            SubTarget::Queue(self.broker.queue(&destination))
+        } else {
+            SubTarget::Topic(self.broker.topic(&destination))
+        };
+        self.subs.insert(
+            id.clone(),
+            Subscription {
+                id: id.clone(),
+                key,
+                ack,
+                target,
+                unacked: BTreeMap::new(),
+            },
+        );
+        self.sub_ids.insert(key, id.clone());
+        // Receipt before the first MESSAGE so clients see the subscription confirmed first.
+        self.receipt_now(&f);
+        match &self.subs[&id].target {
+            SubTarget::Queue(q) => {
+                let fx = q.add_consumer(ckey, self.outbox.clone(), prefetch);
+                self.broker.apply(fx);
+            }
+            SubTarget::Topic(t) => t.subscribe(ckey, self.outbox.clone()),
+        }
+        debug!(sub = %id, %destination, ?ack, prefetch, "subscribed");
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, f: Frame) -> Result<(), ConnError> {
+        let id = match f.get("id") {
+            Some(id) => id.to_string(),
+            None => match (self.version, f.get("destination")) {
+                (Version::V1_0, Some(d)) => d.to_string(),
+                _ => return Err(ConnError::new("missing header", "UNSUBSCRIBE needs an id header").with_receipt(&f)),
+            },
+        };
+        let Some(sub) = self.subs.remove(&id) else {
+            return Err(ConnError::new(
+                "unknown subscription",
+                format!("no subscription with id {id:?}"),
+            )
+            .with_receipt(&f));
+        };
+        self.sub_ids.remove(&sub.key);
+        self.drop_subscription(sub, &HashSet::new());
+        self.receipt_now(&f);
+        Ok(())
+    }
+
+    fn drop_subscription(&self, sub: Subscription, undelivered: &HashSet<u64>) {
+        let key = ConsumerKey {
+            conn: self.id,
+            sub: sub.key,
+        };
+        match sub.target {
+            SubTarget::Queue(q) => {
+                let fx = q.remove_consumer(key, undelivered);
+                self.broker.apply(fx);
+            }
+            SubTarget::Topic(t) => t.unsubscribe(key),
+        }
+    }
+
+    /// Finds the subscription and delivery tags an ACK/NACK refers to.
+    fn resolve_ack(&self, f: &Frame) -> Result<Option<(String, Vec<u64>)>, ConnError> {
+        let (sub_id, tag) = if let Some(id) = f.get("id").filter(|_| self.version == Version::V1_2)
+        {
+            let parsed = id
+                .split_once('-')
+                .and_then(|(s, t)| Some((s.parse::<u64>().ok()?, t.parse::<u64>().ok()?)));
+            let Some((sub_key, tag)) = parsed else {
+                return Err(ConnError::new(
+                    "invalid ack id",
+                    format!("id:{id:?} is not an ack header this connection issued"),
+                )
+                .with_receipt(f));
+            };
+            match self.sub_ids.get(&sub_key) {
+                Some(s) => (s.clone(), tag),
+                None => return Ok(None),
+            }
+        } else {
+            let mid = f.get("message-id").or_else(|| f.get("id")).ok_or_else(|| {
+                ConnError::new("missing header", "ACK/NACK needs id (1.2) or message-id").with_receipt(f)
+            })?;
+            let wanted_sub = f.get("subscription");
+            let found = self
+                .subs
+                .values()
+                .filter(|s| wanted_sub.is_none_or(|w| w == s.id))
+                .find_map(|s| {
+                    s.unacked.iter().find_map(|(tag, u)| {
+                        (format!("ID:fabricmq-{}", u.msg_id) == mid).then(|| (s.id.clone(), *tag))
+                    })
+                });
+            match found {
+                Some(x) => x,
+                None => return Ok(None),
+            }
+        };
+        let Some(sub) = self.subs.get(&sub_id) else {
+            return Ok(None);
+        };
+        let tags: Vec<u64> = match sub.ack {
+            AckMode::Auto => Vec::new(),
+            AckMode::Client => sub.unacked.range(..=tag).map(|(t, _)| *t).collect(),
+            AckMode::Individual => sub
+                .unacked
+                .contains_key(&tag)
+                .then_some(tag)
+                .into_iter()
+                .collect(),
+        };
+        Ok(Some((sub_id, tags)))
+    }
+
+    fn on_ack(&mut self, f: Frame, nack: bool) -> Result<(), ConnError> {
+        let resolved = self.resolve_ack(&f)?;
+        let tx = f.get("transaction").map(str::to_string);
+        if let Some(tx) = &tx {
+            if !self.txs.contains_key(tx) {
+                return Err(unknown_tx(tx).with_receipt(&f));
+            }
+        }
+        let Some((sub_id, tags)) = resolved else {
+            // Already settled (e.g. covered by a cumulative ACK) or never ours: nothing to do.
+            debug!("ACK/NACK for an unknown or settled delivery ignored");
+            self.receipt_now(&f);
+            return Ok(());
+        };
+        if tags.is_empty() {
+            self.receipt_now(&f);
+            return Ok(());
+        }
+        let Some(sub) = self.subs.get_mut(&sub_id) else {
+            return Ok(());
+        };
+        if let (Some(tx), false) = (&tx, nack) {
+            // Settled at COMMIT; ABORT leaves them unacknowledged.
+            let key = sub.key;
+            if let Some(t) = self.txs.get_mut(tx) {
+                t.acks.push((key, tags));
+            }
+            self.receipt_now(&f);
+            return Ok(());
+        }
+        let key = ConsumerKey {
+            conn: self.id,
+            sub: sub.key,
+        };
+        let mut per_queue: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+        for tag in tags {
+            if let Some(u) = sub.unacked.remove(&tag) {
+                if let Source::Queue(q) = u.source {
+                    match per_queue.iter_mut().find(|(pq, _)| Arc::ptr_eq(pq, &q)) {
+                        Some((_, ids)) => ids.push(u.msg_id),
+                        None => per_queue.push((q, vec![u.msg_id])),
+                    }
+                }
+            }
+        }
+        for (q, ids) in per_queue {
+            if nack {
+                let fx = q.nack(key, &ids);
+                self.broker.apply(fx);
+            } else {
+                let out = q.ack(key, &ids, true);
+                self.broker.apply(out.effects);
+            }
+        }
+        self.receipt_now(&f);
+        Ok(())
+    }
+
+    async fn on_outbound(&mut self, ob: Outbound) {
+        match ob {
+            Outbound::Close(reason) => {
+                warn!(%reason, "closing connection");
+                self.fail(ConnError::new(reason.clone(), reason));
+            }
+            Outbound::Deliver(d) => {
+                self.outbox
+                    .pending
+                    .fetch_sub(u64::from(d.msg.body_len), Ordering::Relaxed);
+                self.deliver(d).await;
+            }
+        }
+    }
+
+    async fn deliver(&mut self, d: Delivery) {
+        let Some(sub_id) = self.sub_ids.get(&d.sub_key) else {
+            // Unsubscribed meanwhile; the queue already took the message back.
+            return;
+        };
+        if !self.subs.contains_key(sub_id) {
+            return;
+        }
+        let body = match &d.msg.body {
+            Some(b) => b.clone(),
+            None => match self.broker.journal.read_body_async(d.msg.id).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(id = d.msg.id, error = %e, "cannot read message body from the journal");
+                    if let Source::Queue(q) = &d.source {
+                        let key = ConsumerKey {
+                            conn: self.id,
+                            sub: d.sub_key,
+                        };
+                        let fx = q.nack(key, &[d.msg.id]);
+                        self.broker.apply(fx);
+                    }
+                    return;
+                }
+            },
+        };
+        let Some(sub) = self.subs.get_mut(sub_id) else {
+            return;
+        };
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let m = &d.msg;
+        let mut frame = Frame::new(Command::Message)
+            .header("subscription", sub.id.clone())
+            .header("message-id", m.message_id())
+            .header("destination", m.destination.to_string());
+        frame.headers.reserve(10 + m.headers.len());
+        if sub.ack != AckMode::Auto {
+            frame.push("ack", format!("{}-{}", sub.key, tag));
+        }
+        if d.delivery_count > 1 {
+            frame.push("redelivered", "true");
+        }
+        frame.push("delivery-count", d.delivery_count.to_string());
+        frame.push("persistent", if m.persistent { "true" } else { "false" });
+        frame.push("priority", m.priority.to_string());
+        if m.expires != 0 {
+            frame.push("expires", m.expires.to_string());
+        }
+        frame.push("timestamp", m.timestamp.to_string());
+        if let Some(p) = &m.producer {
+            frame.push("producer-id", p.producer.clone());
+            frame.push("producer-seq", p.seq.to_string());
+        }
+        frame.headers.extend(m.headers.iter().cloned());
+        frame.body = body;
+        encode(&frame, self.version, &mut self.outbuf);
+        match sub.ack {
+            AckMode::Auto => {
+                if let Source::Queue(q) = d.source {
+                    self.auto_acks.push((q, d.sub_key, m.id));
+                }
+            }
+            _ => {
+                sub.unacked.insert(
+                    tag,
+                    Unacked {
+                        source: d.source,
+                        msg_id: m.id,
+                    },
+                );
+            }
+        }
+    }
+
+    fn flush_auto_acks(&mut self) {
+        let mut acks = std::mem::take(&mut self.auto_acks);
+        let mut i = 0;
+        while i < acks.len() {
+            let (q, sub, _) = &acks[i];
+            let mut j = i;
+            while j < acks.len() && Arc::ptr_eq(&acks[j].0, q) && acks[j].1 == *sub {
+                j += 1;
+            }
+            let ids: Vec<u64> = acks[i..j].iter().map(|a| a.2).collect();
+            let key = ConsumerKey {
+                conn: self.id,
+                sub: *sub,
+            };
+            let out = q.ack(key, &ids, true);
+            self.broker.apply(out.effects);
+            i = j;
+        }
+        acks.clear();
+        self.auto_acks = acks;
+    }
+
+    fn stream_browse(&mut self) {
+        while self.outbuf.len() < self.max_pending {
+            let Some((sub_id, iter)) = self.browsing.first_mut() else {
+                return;
+            };
+            let sub_id = sub_id.clone();
+            match iter.next() {
+                Some(m) => {
+                    let body = match &m.body {
+                        Some(b) => b.clone(),
+                        None => match self.broker.journal.read_body(m.id) {
+                            Ok(b) => b,
+                            Err(_) => continue, // acknowledged meanwhile
+                        },
+                    };
+                    let mut frame = Frame::new(Command::Message)
+                        .header("subscription", sub_id)
+                        .header("message-id", m.message_id())
+                        .header("destination", m.destination.to_string())
+                        .header("persistent", if m.persistent { "true" } else { "false" })
+                        .header("priority", m.priority.to_string())
+                        .header("timestamp", m.timestamp.to_string());
+                    if m.expires != 0 {
+                        frame.push("expires", m.expires.to_string());
+                    }
+                    if let Some(p) = &m.producer {
+                        frame.push("producer-id", p.producer.clone());
+                        frame.push("producer-seq", p.seq.to_string());
+                    }
+                    frame.headers.extend(m.headers.iter().cloned());
+                    frame.body = body;
+                    self.push_frame(&frame);
+                }
+                None => {
+                    let end = Frame::new(Command::Message)
+                        .header("subscription", sub_id)
+                        .header("message-id", "browser-end")
+                        .header("browser", "end");
+                    self.push_frame(&end);
+                    self.browsing.remove(0);
+                }
+            }
+        }
+    }
+
+    /// Gives every unsettled message back to its queue.
+    fn cleanup(&mut self) {
+        self.outbox_rx.close();
+        let mut undelivered: HashMap<u64, HashSet<u64>> = HashMap::new();
+        while let Ok(ob) = self.outbox_rx.try_recv() {
+            if let Outbound::Deliver(d) = ob {
+                undelivered.entry(d.sub_key).or_default().insert(d.msg.id);
+            }
+        }
+        self.flush_auto_acks();
+        let empty = HashSet::new();
+        for (_, sub) in std::mem::take(&mut self.subs) {
+            let u = undelivered.get(&sub.key).unwrap_or(&empty);
+            self.drop_subscription(sub, u);
+        }
+        self.sub_ids.clear();
+        if !self.txs.is_empty() {
+            debug!(open = self.txs.len(), "open transactions discarded");
+        }
+        self.txs.clear();
+    }
+}
+
+fn decode_error(e: DecodeError) -> ConnError {
+    let message = match &e {
+        DecodeError::FrameTooLarge { .. } => "frame too large",
+        DecodeError::TooManyHeaders { .. } => "too many headers",
+        DecodeError::HeaderLineTooLong { .. } => "header line too long",
+        _ => "malformed frame",
+    };
+    ConnError::new(message, e.to_string())
+}
+
+fn required<'a>(f: &'a Frame, name: &str) -> Result<&'a str, ConnError> {
+    f.get(name).ok_or_else(|| {
+        ConnError::new(
+            "missing header",
+            format!("{} needs a {name} header", f.command.as_str()),
+        )
+        .with_receipt(f)
+    })
+}
+
+fn unknown_tx(tx: &str) -> ConnError {
+    ConnError::new(
+        "unknown transaction",
+        format!("no open transaction {tx:?}"),
+    )
+}
+
+/// Validates a destination name; true for a queue, false for a topic.
+fn check_destination(d: &str) -> Result<bool, ConnError> {
+    let (is_queue, name) = if let Some(n) = d.strip_prefix("/queue/") {
+        (true, n)
+    } else if let Some(n) = d.strip_prefix("/topic/") {
+        (false, n)
+    } else {
+        return Err(ConnError::new(
+            "unknown destination",
+            format!("{d:?}: destinations are /queue/<name> or /topic/<name>"),
+        ));
+    };
+    if name.is_empty() || name.len() > 200 || name.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(ConnError::new(
+            "invalid destination",
+            format!("{d:?}: the name must be 1-200 characters without spaces or control characters"),
+        ));
+    }
+    Ok(is_queue)
+}
+
+/// Headers the broker sets itself on delivery (not copied from a SEND).
+fn is_broker_header(k: &str) -> bool {
+    matches!(
+        k,
+        "destination"
+            | "receipt"
+            | "transaction"
+            | "content-length"
+            | "persistent"
+            | "priority"
+            | "expires"
+            | "producer-id"
+            | "producer-seq"
+            | "message-id"
+            | "subscription"
+            | "ack"
+            | "redelivered"
+            | "delivery-count"
+            | "timestamp"
+    )
+}

@@ -1,0 +1,24 @@
+//! fabricmq broker: a STOMP 1.2 message broker with a durable journal.
+//!
+//! Module map (each module's doc says what it owns and its invariants):
+//! - [`config`]: typed, validated configuration (TOML file plus command-line overrides);
+//! - [`auth`]: users and password checks;
+//! - [`pattern`]: ActiveMQ-style destination wildcards for policies;
+//! - [`message`]: the in-memory message and deliveries;
+//! - [`destination`]: queues (competing consumers, prefetch, acks, redelivery, dead-letters) and
+//!   topics (fan-out);
+//! - [`broker`]: shared state: destinations, ids, de-duplication, memory budget;
+//! - [`connection`]: one task per client connection (STOMP frames, receipts, heart-beats);
+//! - [`server`]: start-up (recovery, bind), accept loop, graceful shutdown;
+//! - [`store`]: the segmented, CRC-checked, group-committed journal.
+
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod destination;
+pub mod message;
+pub mod pattern;
+pub mod server;
+
+pub mod store;

@@ -1,0 +1,201 @@
+//! Listeners and the broker's lifecycle: start (journal recovery, bind), serve, graceful stop.
+//!
+//! The accept loop only accepts: the CONNECT handshake, authentication and the CONNECT timeout run
+//! in each connection's own task. The connection limit is a semaphore; a connection over the
+//! limit gets one ERROR frame and is closed. One [`CancellationToken`] stops everything: listeners
+//! stop accepting, connections finish the receipts already in flight and close, then the journal
+//! finishes its appends, fsyncs and releases its lock.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::auth::Authenticator;
+use crate::broker::Broker;
+use crate::config::BrokerConfig;
+use crate::connection;
+use crate::store::{Journal, JournalConfig, StoreError};
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The journal could not be opened or recovered.
+    #[error("cannot open the message store in {dir}: {source}")]
+    Store {
+        /// Data directory.
+        dir: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: StoreError,
+    },
+    /// The users file is unusable.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {url}: {source}")]
+    Bind {
+        /// Listener URL.
+        url: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started broker: bound listeners and recovered state, not yet serving.
+pub struct Started {
+    /// Shared state.
+    pub broker: Arc<Broker>,
+    listeners: Vec<(String, TcpListener)>,
+    started: Instant,
+}
+
+impl Started {
+    /// Addresses actually bound (with the port chosen when the URL said port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|(_, l)| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until the broker's shutdown token is cancelled, then stops gracefully.
+    pub async fn serve(self) {
+        let broker = self.broker;
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(broker.config.limits.max_connections));
+        for (url, listener) in self.listeners {
+            let addr = listener.local_addr().ok();
+            info!(%url, addr = ?addr, "listening");
+            tracker.spawn(accept_loop(
+                broker.clone(),
+                listener,
+                permits.clone(),
+                tracker.clone(),
+            ));
+        }
+        info!(
+            startup_ms = self.started.elapsed().as_millis() as u64,
+            "broker ready"
+        );
+        broker.shutdown.cancelled().await;
+        info!("shutting down: no new connections; finishing in-flight work");
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("connections did not finish within 10s; closing anyway");
+        }
+        let journal = broker.journal.clone();
+        let _ = tokio::task::spawn_blocking(move || journal.shutdown()).await;
+        info!("broker stopped");
+    }
+}
+
+/// Opens the store, loads users and binds the listeners.
+pub async fn start(config: BrokerConfig, shutdown: CancellationToken) -> Result<Started, StartError> {
+    let started = Instant::now();
+    let config = Arc::new(config);
+    let auth = Authenticator::load(
+        config.auth.users_file.as_deref(),
+        config.auth.allow_anonymous,
+    )?;
+    if auth.using_default_credentials() {
+        warn!(
+            "no users file configured: the default login admin/admin is active; set auth.users_file (see `mq-broker hash-password`)"
+        );
+    }
+    let mut jc = JournalConfig::new(config.data_dir.join("journal"));
+    jc.segment_bytes = config.journal.segment_bytes.0;
+    jc.salvage = config.journal.salvage;
+    jc.body_cache_bytes = config.limits.max_memory.0 / 2;
+    let dir = jc.dir.clone();
+    let (journal, recovered) = tokio::task::spawn_blocking(move || Journal::open(jc))
+        .await
+        .map_err(|e| StartError::Store {
+            dir: dir.clone(),
+            source: StoreError::Io {
+                op: "recover",
+                path: dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            },
+        })?
+        .map_err(|source| StartError::Store {
+            dir: dir.clone(),
+            source,
+        })?;
+    let r = &recovered.report;
+    info!(
+        messages = recovered.messages.len(),
+        segments = r.segments,
+        records = r.records,
+        elapsed_ms = r.elapsed.as_millis() as u64,
+        "journal recovered"
+    );
+    if let Some(t) = &r.truncated {
+        warn!(file = %t.file.display(), offset = t.offset, dropped_bytes = t.dropped_bytes, reason = %t.reason, "torn journal tail truncated");
+    }
+    let mut listeners = Vec::new();
+    for url in config.listeners() {
+        let addr = url.socket_addr().map_err(|e| StartError::Bind {
+            url: url.to_string(),
+            source: std::io::Error::other(e),
+        })?;
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                url: url.to_string(),
+                source,
+            })?;
+        listeners.push((url.to_string(), l));
+    }
+    let broker = Broker::new(config, journal, recovered, Arc::new(auth), shutdown);
+    Ok(Started {
+        broker,
+        listeners,
+        started,
+    })
+}
+
+async fn accept_loop(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = broker.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let b = broker.clone();
+                tracker.spawn(async move {
+                    connection::serve(b, stream, peer).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                warn!(%peer, limit = broker.config.limits.max_connections, "connection limit reached; refusing");
+                tracker.spawn(connection::refuse(stream, "too many connections"));
+            }
+        }
+    }
+}
