@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
@@ -20,13 +19,11 @@ use crate::store::{Journal, Op, ProducerSeq, Recovered};
 
 /// Bytes of message bodies held in memory, against a limit.
 ///
-/// Persistent messages past the limit are kept with their body on disk only; producers of
-/// non-persistent messages wait for room (producer flow control: their socket is not read).
+/// Messages past the limit keep their body on disk only (see [`Broker::admit`]).
 #[derive(Debug)]
 pub struct MemoryBudget {
     used: AtomicU64,
     limit: u64,
-    freed: Notify,
 }
 
 impl MemoryBudget {
@@ -35,7 +32,6 @@ impl MemoryBudget {
         MemoryBudget {
             used: AtomicU64::new(0),
             limit,
-            freed: Notify::new(),
         }
     }
 
@@ -56,30 +52,10 @@ impl MemoryBudget {
         }
     }
 
-    /// Waits until `n` bytes fit, then takes them.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: nothing is reserved unless it returns.
-    pub async fn reserve(&self, n: u64) {
-        loop {
-            let notified = self.freed.notified();
-            if self.try_reserve(n) {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// Takes `n` bytes even past the limit (for messages that cannot wait or spill).
-    pub fn force_reserve(&self, n: u64) {
-        self.used.fetch_add(n, Ordering::AcqRel);
-    }
-
     /// Gives `n` bytes back.
     pub fn release(&self, n: u64) {
         let prev = self.used.fetch_sub(n, Ordering::AcqRel);
         debug_assert!(prev >= n, "memory budget underflow");
-        self.freed.notify_waiters();
     }
 
     /// Bytes in use.
@@ -138,6 +114,7 @@ impl Broker {
     pub fn new(
         config: Arc<BrokerConfig>,
         journal: Journal,
+        temp: Journal,
         recovered: Recovered,
         auth: Arc<Authenticator>,
         shutdown: CancellationToken,
@@ -145,6 +122,7 @@ impl Broker {
         let memory = Arc::new(MemoryBudget::new(config.limits.max_memory.0));
         let ctx = Arc::new(QueueContext {
             journal: journal.clone(),
+            temp,
             memory,
         });
         let broker = Arc::new(Broker {
@@ -199,6 +177,11 @@ impl Broker {
     /// Memory accounting.
     pub fn memory(&self) -> &Arc<MemoryBudget> {
         &self.ctx.memory
+    }
+
+    /// Stores and memory shared with the queues.
+    pub fn context(&self) -> &Arc<QueueContext> {
+        &self.ctx
     }
 
     /// The queue named `name` (`/queue/x`), created on first use.
@@ -273,6 +256,20 @@ impl Broker {
         }
     }
 
+    /// Accounts a new queue message's body against the memory budget. Past the budget the body
+    /// is dropped from memory: a persistent message's is in the journal already (the caller
+    /// journaled it); a non-persistent one is spilled to the temporary store here.
+    pub fn admit(&self, mut msg: Message) -> Message {
+        if msg.body.is_none() || self.ctx.memory.try_reserve(msg.memory_bytes()) {
+            return msg;
+        }
+        if !msg.persistent {
+            self.ctx.temp.append_lazy(vec![Op::Add(msg.to_stored())]);
+        }
+        msg.body = None;
+        msg
+    }
+
     /// Carries out follow-up work of queue operations (dead-letter moves).
     pub fn apply(&self, mut effects: Effects) {
         // A dead-letter move can itself produce effects (an expired message in the DLQ); loop.
@@ -293,15 +290,12 @@ impl Broker {
                 headers.push(("dlq-reason".into(), reason.as_str().into()));
                 headers.push(("original-message-id".into(), msg.message_id()));
                 headers.push(("dlq-delivery-count".into(), deliveries.to_string()));
-                let body = match &msg.body {
-                    Some(b) => Some(b.clone()),
-                    None => match self.journal.read_body(msg.id) {
-                        Ok(b) => Some(b),
-                        Err(e) => {
-                            tracing::error!(id = msg.id, error = %e, "cannot read body for dead-letter move; message kept in journal");
-                            continue;
-                        }
-                    },
+                let body = match self.ctx.body(&msg) {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        tracing::error!(id = msg.id, error = %e, "cannot read body for dead-letter move; message kept in its store");
+                        continue;
+                    }
                 };
                 let moved = Message {
                     id: self.next_message_id(),
@@ -321,15 +315,10 @@ impl Broker {
                         Op::Add(moved.to_stored()),
                         Op::Ack { id: msg.id },
                     ]);
+                } else {
+                    self.ctx.forget(&[&msg]);
                 }
-                let mut moved = moved;
-                if !self.memory().try_reserve(moved.memory_bytes()) {
-                    if moved.persistent {
-                        moved.body = None;
-                    } else {
-                        self.memory().force_reserve(moved.memory_bytes());
-                    }
-                }
+                let moved = self.admit(moved);
                 tracing::info!(from = %source, to = %dlq_name, reason = reason.as_str(), id = msg.id, "message dead-lettered");
                 let fx = self.queue(&dlq_name).enqueue([Arc::new(moved)]);
                 next.dead_letters.extend(fx.dead_letters);

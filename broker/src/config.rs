@@ -217,9 +217,10 @@ pub struct Limits {
     pub idle_timeout: HumanDuration,
     /// Heart-beat the broker offers: (can send every, wants to receive every), in milliseconds.
     pub heart_beat_ms: (u64, u64),
-    /// Memory for message bodies held by queues (non-persistent messages, and cached bodies of
-    /// persistent ones). Past it, persistent bodies are read back from the journal and producers of
-    /// non-persistent messages are paused (producer flow control).
+    /// Memory for message bodies held by queues. Past it, bodies of persistent messages are read
+    /// back from the journal when delivered, and non-persistent messages spill to a temporary
+    /// store under `<data_dir>/tmp` (wiped at start-up), so backlogs larger than memory work and
+    /// resident memory stays bounded.
     pub max_memory: ByteSize,
 }
 
@@ -234,7 +235,7 @@ impl Default for Limits {
             connect_timeout: HumanDuration(Duration::from_secs(10)),
             idle_timeout: HumanDuration(Duration::ZERO),
             heart_beat_ms: (10_000, 10_000),
-            max_memory: ByteSize(512 << 20),
+            max_memory: ByteSize(64 << 20),
         }
     }
 }

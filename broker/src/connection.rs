@@ -9,9 +9,10 @@
 //! - inbound: the socket is not read while the outbound buffer or the number of pending receipts
 //!   is over its limit (a producer that does not read its receipts is slowed, not buffered);
 //! - outbound: deliveries are taken from the outbox only while the outbound buffer is under
-//!   `max_pending_bytes`; queues send at most a prefetch window per subscription;
-//! - memory: SENDs of non-persistent messages wait for room in the broker's memory budget
-//!   (producer flow control; the producer's socket is not read meanwhile).
+//!   `max_pending_bytes`; queues send at most a prefetch window per subscription; topic
+//!   subscribers that fall too far behind are disconnected (see `destination`);
+//! - memory: queued bodies past the broker's memory budget live only on disk (journal or temporary
+//!   store), see [`Broker::admit`].
 //!
 //! Receipts are sent in the order of the frames that asked for them; a RECEIPT for a persistent
 //! SEND is written only after the journal's fdatasync covering it returned.
@@ -725,23 +726,10 @@ impl Conn {
             body: Some(send.body),
         };
         if send.is_queue {
-            let cost = msg.memory_bytes();
             if msg.persistent {
                 ops.push(Op::Add(msg.to_stored()));
-                if !self.broker.memory().try_reserve(cost) {
-                    msg.body = None;
-                }
-            } else {
-                // Producer flow control: wait for room rather than grow without bound.
-                let memory = self.broker.memory().clone();
-                if !memory.try_reserve(cost) {
-                    debug!("memory limit reached; producer paused");
-                    tokio::select! {
-                        _ = memory.reserve(cost) => {}
-                        _ = self.broker.shutdown.cancelled() => return None,
-                    }
-                }
             }
+            msg = self.broker.admit(msg);
         }
         Some((send.destination, Arc::new(msg)))
     }
@@ -1087,7 +1075,13 @@ impl Conn {
         }
         let body = match &d.msg.body {
             Some(b) => b.clone(),
-            None => match self.broker.journal.read_body_async(d.msg.id).await {
+            None => match self
+                .broker
+                .context()
+                .store_for(&d.msg)
+                .read_body_async(d.msg.id)
+                .await
+            {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(id = d.msg.id, error = %e, "cannot read message body from the journal");
@@ -1182,12 +1176,8 @@ impl Conn {
             let sub_id = sub_id.clone();
             match iter.next() {
                 Some(m) => {
-                    let body = match &m.body {
-                        Some(b) => b.clone(),
-                        None => match self.broker.journal.read_body(m.id) {
-                            Ok(b) => b,
-                            Err(_) => continue, // acknowledged meanwhile
-                        },
+                    let Ok(body) = self.broker.context().body(&m) else {
+                        continue; // acknowledged meanwhile
                     };
                     let mut frame = Frame::new(Command::Message)
                         .header("subscription", sub_id)

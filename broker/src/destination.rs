@@ -140,8 +140,49 @@ pub struct Effects {
 pub struct QueueContext {
     /// The journal, for acks of persistent messages.
     pub journal: Journal,
+    /// The temporary store: non-persistent messages spilled past the memory budget (wiped at
+    /// start-up, never fsynced for a client).
+    pub temp: Journal,
     /// Memory accounting for bodies held in memory.
     pub memory: Arc<crate::broker::MemoryBudget>,
+}
+
+impl QueueContext {
+    /// The store holding `msg`'s body when it is not in memory.
+    pub fn store_for(&self, msg: &Message) -> &Journal {
+        if msg.persistent {
+            &self.journal
+        } else {
+            &self.temp
+        }
+    }
+
+    /// The body, from memory or from its store (blocking read, usually from the page cache).
+    pub fn body(&self, msg: &Message) -> Result<bytes::Bytes, crate::store::StoreError> {
+        match &msg.body {
+            Some(b) => Ok(b.clone()),
+            None => self.store_for(msg).read_body(msg.id),
+        }
+    }
+
+    /// Journals the removal of messages that live in a store (persistent, or spilled).
+    pub fn forget(&self, msgs: &[&Message]) {
+        let mut durable = Vec::new();
+        let mut spilled = Vec::new();
+        for m in msgs {
+            if m.persistent {
+                durable.push(Op::Ack { id: m.id });
+            } else if m.body.is_none() {
+                spilled.push(Op::Ack { id: m.id });
+            }
+        }
+        if !durable.is_empty() {
+            self.journal.append_lazy(durable);
+        }
+        if !spilled.is_empty() {
+            self.temp.append_lazy(spilled);
+        }
+    }
 }
 
 /// A point-to-point destination.
@@ -160,6 +201,11 @@ pub struct Queue {
 }
 
 impl Queue {
+    /// Shared services (stores, memory).
+    pub fn context(&self) -> &Arc<QueueContext> {
+        &self.ctx
+    }
+
     /// A new, empty queue.
     pub fn new(name: Arc<str>, policy: Policy, ctx: Arc<QueueContext>) -> Arc<Self> {
         Arc::new_cyclic(|me| Queue {
@@ -274,6 +320,8 @@ impl Queue {
             self.release(&f.entry.msg);
             if f.entry.msg.persistent {
                 out.persistent.push(id);
+            } else if f.entry.msg.body.is_none() {
+                self.ctx.temp.append_lazy(vec![Op::Ack { id }]);
             }
             out.acked += 1;
         }
@@ -375,13 +423,7 @@ impl Queue {
                 self.stats.expired.fetch_add(1, Ordering::Relaxed);
                 self.release(&entry.msg);
                 match self.policy.expired {
-                    ExpiredAction::Drop => {
-                        if entry.msg.persistent {
-                            self.ctx
-                                .journal
-                                .append_lazy(vec![Op::Ack { id: entry.msg.id }]);
-                        }
-                    }
+                    ExpiredAction::Drop => self.ctx.forget(&[&entry.msg]),
                     ExpiredAction::DeadLetter => {
                         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                         effects.dead_letters.push((

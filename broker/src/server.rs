@@ -94,7 +94,12 @@ impl Started {
             warn!("connections did not finish within 10s; closing anyway");
         }
         let journal = broker.journal.clone();
-        let _ = tokio::task::spawn_blocking(move || journal.shutdown()).await;
+        let temp = broker.context().temp.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            journal.shutdown();
+            temp.shutdown();
+        })
+        .await;
         info!("broker stopped");
     }
 }
@@ -131,6 +136,15 @@ pub async fn start(config: BrokerConfig, shutdown: CancellationToken) -> Result<
             dir: dir.clone(),
             source,
         })?;
+    // The temporary store holds spilled non-persistent messages of this run only.
+    let tmp_dir = config.data_dir.join("tmp");
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    let mut tc = JournalConfig::new(&tmp_dir);
+    tc.segment_bytes = config.journal.segment_bytes.0;
+    let (temp, _) = Journal::open(tc).map_err(|source| StartError::Store {
+        dir: tmp_dir.clone(),
+        source,
+    })?;
     let r = &recovered.report;
     info!(
         messages = recovered.messages.len(),
@@ -156,7 +170,7 @@ pub async fn start(config: BrokerConfig, shutdown: CancellationToken) -> Result<
             })?;
         listeners.push((url.to_string(), l));
     }
-    let broker = Broker::new(config, journal, recovered, Arc::new(auth), shutdown);
+    let broker = Broker::new(config, journal, temp, recovered, Arc::new(auth), shutdown);
     Ok(Started {
         broker,
         listeners,

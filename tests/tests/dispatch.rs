@@ -1,11 +1,12 @@
 //! Dispatch semantics over real TCP against an in-process broker: ack modes, NACK, redelivery,
 //! dead-letters, expiry, priority, prefetch, transactions, de-duplication, browsing, topics.
 
-mod common;
+
 
 use std::time::Duration;
 
-use common::{body, Raw, TestBroker};
+use fabricmq_tests::raw::{body, Raw};
+use fabricmq_tests::inproc::TestBroker;
 use fabricmq_stomp::{Command, Frame};
 
 fn send(dest: &str, body: &str) -> Frame {
@@ -444,5 +445,32 @@ async fn persistent_messages_survive_a_restart() {
     let mut c = b.client().await;
     c.subscribe("s", "/queue/durable", "auto", &[]).await;
     assert!(c.quiet_for(Duration::from_millis(200)).await, "acked messages came back");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn backlogs_larger_than_memory_are_served_from_disk() {
+    let b = TestBroker::start_with(|c| {
+        c.limits.max_memory = fabricmq_broker::config::ByteSize(256 * 1024);
+    })
+    .await;
+    let mut p = b.client().await;
+    let big = "x".repeat(8 * 1024);
+    for i in 0..200 {
+        let persistent = if i % 2 == 0 { "true" } else { "false" };
+        p.put("/queue/big", &format!("{i:03}{big}"), &[("persistent", persistent)])
+            .await;
+    }
+    assert!(b.broker.memory().used() <= 256 * 1024 + 16 * 1024);
+    let mut c = b.client().await;
+    c.subscribe("s", "/queue/big", "client-individual", &[("prefetch", "10")]).await;
+    for i in 0..200 {
+        let m = c.expect(Command::Message).await;
+        assert_eq!(&body(&m)[..3], format!("{i:03}"));
+        assert_eq!(m.body.len(), 3 + 8 * 1024);
+        c.ack(&m).await;
+    }
+    c.barrier().await;
+    assert_eq!(b.broker.memory().used(), 0);
     b.stop().await;
 }

@@ -1,84 +1,28 @@
-//! Test helpers: an in-process broker on a loopback port and a raw STOMP client.
-#![allow(dead_code)]
+//! A raw STOMP connection for tests: frames in, frames out, nothing hidden or retried.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use fabricmq_broker::broker::Broker;
-use fabricmq_broker::config::BrokerConfig;
-use fabricmq_broker::server;
 use fabricmq_stomp::{encode, Command, Decoder, Frame, FrameLimits, Item, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
-
-/// A broker served in this process on 127.0.0.1:<free port>.
-pub struct TestBroker {
-    pub addr: SocketAddr,
-    pub broker: Arc<Broker>,
-    pub shutdown: CancellationToken,
-    pub task: tokio::task::JoinHandle<()>,
-    pub dir: Arc<tempfile::TempDir>,
-}
-
-impl TestBroker {
-    pub async fn start() -> TestBroker {
-        Self::start_with(|_| {}).await
-    }
-
-    pub async fn start_with(f: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
-        let dir = Arc::new(tempfile::tempdir().unwrap());
-        Self::start_in(dir, f).await
-    }
-
-    pub async fn start_in(
-        dir: Arc<tempfile::TempDir>,
-        f: impl FnOnce(&mut BrokerConfig),
-    ) -> TestBroker {
-        let mut config = BrokerConfig::default();
-        config.listen = vec!["stomp://127.0.0.1:0".into()];
-        config.data_dir = dir.path().to_path_buf();
-        f(&mut config);
-        config.validate().unwrap();
-        let shutdown = CancellationToken::new();
-        let started = server::start(config, shutdown.clone()).await.unwrap();
-        let addr = started.local_addrs()[0];
-        let broker = started.broker.clone();
-        let task = tokio::spawn(started.serve());
-        TestBroker {
-            addr,
-            broker,
-            shutdown,
-            task,
-            dir,
-        }
-    }
-
-    /// Graceful stop; waits for the journal to close.
-    pub async fn stop(self) -> Arc<tempfile::TempDir> {
-        self.shutdown.cancel();
-        self.task.await.unwrap();
-        self.dir
-    }
-
-    pub async fn client(&self) -> Raw {
-        Raw::connect(self.addr, "admin", "admin").await
-    }
-}
 
 /// A raw STOMP connection: frames in, frames out, nothing hidden.
 pub struct Raw {
+    /// The socket.
     pub stream: TcpStream,
     buf: BytesMut,
     dec: Decoder,
+    /// The CONNECTED frame (after [`Raw::connect`]).
     pub connected: Frame,
 }
 
+/// How long `recv` waits for a frame.
 pub const WAIT: Duration = Duration::from_secs(5);
 
 impl Raw {
+    /// Opens a TCP connection without sending anything.
     pub async fn open(addr: SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).await.unwrap();
         Raw {
@@ -89,6 +33,7 @@ impl Raw {
         }
     }
 
+    /// Opens and logs in with STOMP 1.2 (no heart-beats); panics unless CONNECTED.
     pub async fn connect(addr: SocketAddr, login: &str, pass: &str) -> Raw {
         let mut r = Raw::open(addr).await;
         r.send(
@@ -106,17 +51,19 @@ impl Raw {
         r
     }
 
+    /// Writes one frame.
     pub async fn send(&mut self, f: Frame) {
         let mut out = BytesMut::new();
         encode(&f, Version::V1_2, &mut out);
         self.stream.write_all(&out).await.unwrap();
     }
 
+    /// Writes raw bytes (errors ignored: the broker may have closed).
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes).await;
     }
 
-    /// Next frame, or None on close/timeout.
+    /// Next frame, or None on close or after `d`.
     pub async fn recv_within(&mut self, d: Duration) -> Option<Frame> {
         let fut = async {
             loop {
@@ -135,6 +82,7 @@ impl Raw {
         tokio::time::timeout(d, fut).await.ok().flatten()
     }
 
+    /// Next frame within [`WAIT`], or None.
     pub async fn recv(&mut self) -> Option<Frame> {
         self.recv_within(WAIT).await
     }
@@ -165,6 +113,7 @@ impl Raw {
         }
     }
 
+    /// Sends a message with a receipt and waits for it.
     pub async fn put(&mut self, dest: &str, body: &str, extra: &[(&str, &str)]) {
         let mut f = Frame::new(Command::Send)
             .header("destination", dest)
@@ -176,6 +125,7 @@ impl Raw {
         self.with_receipt(f, &id).await;
     }
 
+    /// Subscribes with a receipt and waits for it.
     pub async fn subscribe(&mut self, id: &str, dest: &str, ack: &str, extra: &[(&str, &str)]) {
         let mut f = Frame::new(Command::Subscribe)
             .header("id", id)
@@ -189,30 +139,29 @@ impl Raw {
         assert_eq!(r.get("receipt-id"), Some(format!("sub-{id}").as_str()));
     }
 
+    /// ACKs a MESSAGE by its `ack` header.
     pub async fn ack(&mut self, msg: &Frame) {
         let id = msg.get("ack").expect("ack header").to_string();
         self.send(Frame::new(Command::Ack).header("id", id)).await;
     }
 
+    /// NACKs a MESSAGE by its `ack` header.
     pub async fn nack(&mut self, msg: &Frame) {
         let id = msg.get("ack").expect("ack header").to_string();
         self.send(Frame::new(Command::Nack).header("id", id)).await;
     }
 
-    /// A receipt round trip: everything the broker sent before it has arrived.
+    /// A receipt round trip: returns the frames that arrived before it.
     pub async fn barrier(&mut self) -> Vec<Frame> {
-        self.with_receipt(Frame::new(Command::Begin).header("transaction", "barrier-tx"), "barrier")
-            .await
-            .into_iter()
-            .chain({
-                self.send(Frame::new(Command::Abort).header("transaction", "barrier-tx"))
-                    .await;
-                std::iter::empty()
-            })
-            .collect()
+        let begin = Frame::new(Command::Begin).header("transaction", "barrier-tx");
+        let before = self.with_receipt(begin, "barrier").await;
+        self.send(Frame::new(Command::Abort).header("transaction", "barrier-tx"))
+            .await;
+        before
     }
 }
 
+/// The body as text.
 pub fn body(f: &Frame) -> String {
     String::from_utf8_lossy(&f.body).into_owned()
 }

@@ -1,0 +1,584 @@
+//! Recovery: scans the segment files in order, rebuilds the live message set,
+//! the index and the per-segment book-keeping, and repairs a torn tail of the
+//! last segment.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::format::{self, DecodedOp, SegmentHeader, FRAME_LEN, MAX_RECORD_BYTES};
+use super::state::{Loc, SegmentInfo, State};
+use super::{
+    io_err, parse_segment_name, JournalConfig, RecoveryReport, StoreError, StoredMessage, Truncation,
+};
+
+/// Read buffer size for scanning (grows for larger records).
+const SCAN_BUF: usize = 8 << 20;
+
+/// Tombstones in the recovered message list before it is compacted.
+const COMPACT_MIN_DEAD: usize = 4096;
+
+/// The last segment as recovery left it, for the writer to continue.
+pub(super) struct LastSegment {
+    pub seq: u64,
+    pub path: PathBuf,
+    /// Read/write handle.
+    pub file: File,
+    /// End of the valid data (where the next record goes).
+    pub data_end: u64,
+    /// End of the header record (0 without header).
+    pub header_end: u64,
+    /// File length (larger than `data_end` when pre-allocated).
+    pub file_len: u64,
+    /// Its header, or `None` when it has none yet (empty, zero-filled, or the
+    /// header was torn and cut off).
+    pub header: Option<SegmentHeader>,
+}
+
+/// Everything recovery produced.
+pub(super) struct RecoveryOutput {
+    pub messages: Vec<StoredMessage>,
+    pub producers: HashMap<String, u64>,
+    pub next_id: u64,
+    pub report: RecoveryReport,
+    pub state: State,
+    pub last: Option<LastSegment>,
+}
+
+/// Result of scanning one segment.
+struct SegScan {
+    header: Option<SegmentHeader>,
+    /// End of the header record.
+    header_end: u64,
+    /// End of the last valid record.
+    data_end: u64,
+    /// First invalid record: offset and reason.
+    bad: Option<(u64, String)>,
+}
+
+/// What the scanner found next.
+enum Item {
+    Record {
+        off: u64,
+        typ: u8,
+        payload: Range<usize>,
+        len: usize,
+    },
+    End,
+    Bad {
+        off: u64,
+        reason: String,
+    },
+}
+
+/// Sequential reader over one segment with a large buffer: one `pread` per
+/// buffer fill, never per record.
+struct Scanner<'a> {
+    file: &'a File,
+    path: &'a Path,
+    file_len: u64,
+    buf: &'a mut Vec<u8>,
+    start: usize,
+    end: usize,
+    /// File offset of `buf[0]`.
+    base: u64,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(file: &'a File, path: &'a Path, file_len: u64, buf: &'a mut Vec<u8>) -> Self {
+        Scanner {
+            file,
+            path,
+            file_len,
+            buf,
+            start: 0,
+            end: 0,
+            base: 0,
+        }
+    }
+
+    fn io(&self, op: &'static str) -> impl FnOnce(io::Error) -> StoreError + '_ {
+        move |source| StoreError::Io {
+            op,
+            path: self.path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Makes at least `n` bytes available at `start`. The caller guarantees
+    /// the file holds them.
+    fn ensure(&mut self, n: usize) -> Result<(), StoreError> {
+        if self.end - self.start >= n {
+            return Ok(());
+        }
+        self.buf.copy_within(self.start..self.end, 0);
+        self.base += self.start as u64;
+        self.end -= self.start;
+        self.start = 0;
+        if self.buf.len() < n {
+            self.buf.resize(n, 0);
+        }
+        let file_pos = self.base + self.end as u64;
+        let want = ((self.buf.len() - self.end) as u64).min(self.file_len - file_pos) as usize;
+        let end = self.end;
+        let res = self.file.read_exact_at(&mut self.buf[end..end + want], file_pos);
+        res.map_err(self.io("read segment"))?;
+        self.end += want;
+        Ok(())
+    }
+
+    fn payload(&self, r: Range<usize>) -> &[u8] {
+        &self.buf[r]
+    }
+
+    fn next(&mut self) -> Result<Item, StoreError> {
+        let off = self.base + self.start as u64;
+        if off >= self.file_len {
+            return Ok(Item::End);
+        }
+        let remaining = self.file_len - off;
+        if remaining < FRAME_LEN as u64 {
+            return Ok(Item::Bad {
+                off,
+                reason: format!("{remaining} bytes left, too short for a record frame"),
+            });
+        }
+        self.ensure(FRAME_LEN)?;
+        let mut frame = [0u8; FRAME_LEN];
+        frame.copy_from_slice(&self.buf[self.start..self.start + FRAME_LEN]);
+        if frame == [0u8; FRAME_LEN] {
+            return Ok(Item::Bad {
+                off,
+                reason: "zero-filled (never written) space".into(),
+            });
+        }
+        let (len, crc, typ) = format::parse_frame(&frame);
+        if len > MAX_RECORD_BYTES {
+            return Ok(Item::Bad {
+                off,
+                reason: format!("record length {len} exceeds the maximum {MAX_RECORD_BYTES}"),
+            });
+        }
+        let total = FRAME_LEN + len as usize;
+        if total as u64 > remaining {
+            return Ok(Item::Bad {
+                off,
+                reason: format!(
+                    "record of {total} bytes extends past the end of the file ({remaining} bytes left)"
+                ),
+            });
+        }
+        self.ensure(total)?;
+        let payload = self.start + FRAME_LEN..self.start + total;
+        if format::record_crc(typ, &self.buf[payload.clone()]) != crc {
+            return Ok(Item::Bad {
+                off,
+                reason: "CRC mismatch".into(),
+            });
+        }
+        self.start += total;
+        Ok(Item::Record {
+            off,
+            typ,
+            payload,
+            len: total,
+        })
+    }
+
+    /// Whether every byte from `from` to the end of the file is zero.
+    /// Consumes the scanner's buffered state.
+    fn rest_is_zero(&mut self, from: u64) -> Result<bool, StoreError> {
+        let mut pos = from;
+        self.start = 0;
+        self.end = 0;
+        while pos < self.file_len {
+            let n = (self.file_len - pos).min(self.buf.len() as u64) as usize;
+            let res = self.file.read_exact_at(&mut self.buf[..n], pos);
+            res.map_err(self.io("read segment"))?;
+            if self.buf[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            pos += n as u64;
+        }
+        Ok(true)
+    }
+}
+
+/// Mutable recovery context.
+struct Ctx<'c> {
+    config: &'c JournalConfig,
+    state: State,
+    /// Recovered messages in append order; `None` = acked since.
+    msgs: Vec<Option<StoredMessage>>,
+    dead: usize,
+    producers: HashMap<String, u64>,
+    next_id: u64,
+    /// Body bytes currently loaded.
+    loaded: u64,
+    report: RecoveryReport,
+    ops: Vec<DecodedOp>,
+}
+
+impl Ctx<'_> {
+    fn note_producer(&mut self, producer: &str, seq: u64) {
+        match self.producers.get_mut(producer) {
+            Some(s) => *s = (*s).max(seq),
+            None => {
+                self.producers.insert(producer.to_owned(), seq);
+            }
+        }
+    }
+
+    fn kill_slot(&mut self, slot: u32) {
+        if let Some(m) = self.msgs.get_mut(slot as usize).and_then(Option::take) {
+            if m.body.is_some() {
+                self.loaded -= u64::from(m.body_len);
+            }
+            self.dead += 1;
+        }
+    }
+
+    /// Applies one ops record (already CRC-checked). Nothing is applied if
+    /// the payload does not decode.
+    fn apply(&mut self, seg: u64, rec_off: u64, payload: &[u8]) -> Result<(), &'static str> {
+        let mut ops = std::mem::take(&mut self.ops);
+        let res = format::decode_ops(payload, &mut ops);
+        if let Err(e) = res {
+            self.ops = ops;
+            return Err(e);
+        }
+        let rec_len = (FRAME_LEN + payload.len()) as u32;
+        for op in ops.drain(..) {
+            match op {
+                DecodedOp::Add { mut msg, body_rel } => {
+                    let id = msg.id;
+                    self.next_id = self.next_id.max(id.saturating_add(1));
+                    if let Some(p) = &msg.producer {
+                        let (name, seq) = (p.producer.clone(), p.seq);
+                        self.note_producer(&name, seq);
+                    }
+                    let len = u64::from(msg.body_len);
+                    if self.loaded + len <= self.config.body_cache_bytes {
+                        // In bounds: `decode_ops` checked the body lies in the payload.
+                        let start = body_rel as usize - FRAME_LEN;
+                        msg.body = payload
+                            .get(start..start + msg.body_len as usize)
+                            .map(Bytes::copy_from_slice);
+                        if msg.body.is_some() {
+                            self.loaded += len;
+                        }
+                    }
+                    let slot = self.msgs.len() as u32;
+                    self.msgs.push(Some(msg));
+                    let loc = Loc {
+                        seg,
+                        rec_off,
+                        rec_len,
+                        body_rel,
+                        body_len: len as u32,
+                        slot,
+                    };
+                    if let Some(old) = self.state.add(id, loc) {
+                        tracing::warn!(id, "journal recovery: message id added twice; keeping the later one");
+                        self.kill_slot(old.slot);
+                    }
+                }
+                DecodedOp::Ack(id) => {
+                    if let Some(loc) = self.state.ack(id, seg) {
+                        self.kill_slot(loc.slot);
+                    }
+                }
+            }
+        }
+        self.ops = ops;
+        if self.dead >= COMPACT_MIN_DEAD && self.dead * 2 >= self.msgs.len() {
+            self.compact();
+        }
+        Ok(())
+    }
+
+    /// Drops tombstones from the message list and renumbers the slots.
+    fn compact(&mut self) {
+        self.msgs.retain(Option::is_some);
+        for (i, m) in self.msgs.iter().enumerate() {
+            if let Some(m) = m {
+                if let Some(loc) = self.state.index.get_mut(&m.id) {
+                    loc.slot = i as u32;
+                }
+            }
+        }
+        self.dead = 0;
+    }
+
+    /// Scans one segment, applying its valid records.
+    fn scan(
+        &mut self,
+        seq: u64,
+        path: &Path,
+        file: &File,
+        file_len: u64,
+        is_last: bool,
+        buf: &mut Vec<u8>,
+    ) -> Result<SegScan, StoreError> {
+        let mut sc = Scanner::new(file, path, file_len, buf);
+        let mut out = SegScan {
+            header: None,
+            header_end: 0,
+            data_end: 0,
+            bad: None,
+        };
+        loop {
+            let item = sc.next()?;
+            match item {
+                Item::End => break,
+                Item::Bad { off, reason } => {
+                    out.bad = Some((off, reason));
+                    break;
+                }
+                Item::Record {
+                    off,
+                    typ,
+                    payload,
+                    len,
+                } => {
+                    let res = match (out.header.is_some(), typ) {
+                        (false, format::REC_HEADER) => {
+                            match format::decode_header(sc.payload(payload)) {
+                                Ok(h) if h.seq != seq => Err(format!(
+                                    "segment header names segment {} instead of {seq}",
+                                    h.seq
+                                )),
+                                Ok(h) => {
+                                    for (p, s) in &h.producers {
+                                        self.note_producer(p, *s);
+                                    }
+                                    self.next_id = self.next_id.max(h.next_id);
+                                    out.header = Some(h);
+                                    out.header_end = off + len as u64;
+                                    Ok(())
+                                }
+                                Err(e) => Err(format!("invalid segment header: {e}")),
+                            }
+                        }
+                        (false, t) => Err(format!("missing segment header (record type {t})")),
+                        (true, format::REC_OPS) => {
+                            self.apply(seq, off, sc.payload(payload))
+                                .map_err(|e| format!("malformed record: {e}"))
+                        }
+                        (true, t) => Err(format!("unknown record type {t}")),
+                    };
+                    match res {
+                        Ok(()) => {
+                            out.data_end = off + len as u64;
+                            self.report.records += 1;
+                        }
+                        Err(reason) => {
+                            out.bad = Some((off, reason));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if out.header.is_none() && out.bad.is_none() {
+            out.bad = Some((0, "empty segment file (no header)".into()));
+        }
+        // The unused, zero-filled tail of a pre-allocated last segment (or a
+        // last segment that was created but never written) is not damage.
+        if is_last {
+            if let Some((off, _)) = &out.bad {
+                if sc.rest_is_zero(*off)? {
+                    out.bad = None;
+                }
+            }
+        }
+        self.report.bytes_scanned += match &out.bad {
+            Some(_) => file_len,
+            None => out.data_end,
+        };
+        Ok(out)
+    }
+}
+
+
+/// Lists the segment files of `dir`, sorted by sequence number.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut segs = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err("list journal directory", dir))? {
+        let entry = entry.map_err(io_err("list journal directory", dir))?;
+        let name = entry.file_name();
+        if let Some(seq) = name.to_str().and_then(parse_segment_name) {
+            segs.push((seq, entry.path()));
+        }
+    }
+    segs.sort_unstable_by_key(|(s, _)| *s);
+    Ok(segs)
+}
+
+/// Salvages a damaged non-last segment: keeps a copy of the dropped bytes
+/// next to it and cuts it at `off` (or sets the whole file aside when its
+/// header is bad).
+fn salvage_segment(
+    path: &Path,
+    file_len: u64,
+    off: u64,
+    dir_file: &File,
+    dir: &Path,
+) -> Result<bool, StoreError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if off == 0 {
+        let aside = path.with_file_name(format!("{name}.corrupt"));
+        std::fs::rename(path, &aside).map_err(io_err("set damaged segment aside", path))?;
+        dir_file
+            .sync_all()
+            .map_err(io_err("fsync directory", dir))?;
+        tracing::error!(file = %path.display(), kept_as = %aside.display(), "journal salvage: segment header damaged; whole segment dropped");
+        return Ok(false);
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err("open damaged segment", path))?;
+    let aside = path.with_file_name(format!("{name}.corrupt-at-{off}"));
+    let mut tail = vec![0u8; (file_len - off).min(usize::MAX as u64) as usize];
+    f.read_exact_at(&mut tail, off)
+        .map_err(io_err("read damaged segment", path))?;
+    let copy = File::create(&aside).map_err(io_err("save damaged bytes", &aside))?;
+    copy.write_all_at(&tail, 0)
+        .and_then(|()| copy.sync_all())
+        .map_err(io_err("save damaged bytes", &aside))?;
+    f.set_len(off)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err("truncate damaged segment", path))?;
+    dir_file
+        .sync_all()
+        .map_err(io_err("fsync directory", dir))?;
+    Ok(true)
+}
+
+/// Recovers the journal in `config.dir` (the directory lock is held).
+pub(super) fn recover(config: &JournalConfig, dir_file: &File) -> Result<RecoveryOutput, StoreError> {
+    let dir = config.dir.as_path();
+    let segs = list_segments(dir)?;
+    let mut ctx = Ctx {
+        config,
+        state: State::default(),
+        msgs: Vec::new(),
+        dead: 0,
+        producers: HashMap::new(),
+        next_id: 1,
+        loaded: 0,
+        report: RecoveryReport::default(),
+        ops: Vec::new(),
+    };
+    let mut buf = vec![0u8; SCAN_BUF];
+    let mut last = None;
+    let n = segs.len();
+    for (i, (seq, path)) in segs.into_iter().enumerate() {
+        let is_last = i + 1 == n;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(is_last)
+            .open(&path)
+            .map_err(io_err("open segment", &path))?;
+        let file_len = file
+            .metadata()
+            .map_err(io_err("stat segment", &path))?
+            .len();
+        ctx.state
+            .segments
+            .insert(seq, SegmentInfo::new(path.clone()));
+        ctx.report.segments += 1;
+        let scan = ctx.scan(seq, &path, &file, file_len, is_last, &mut buf)?;
+        if let Some(h) = &scan.header {
+            ctx.report.last_epoch = Some(h.epoch);
+        }
+        if is_last {
+            let mut header = scan.header;
+            let mut data_end = scan.data_end;
+            let mut header_end = scan.header_end;
+            let mut len = file_len;
+            if let Some((off, reason)) = scan.bad {
+                let t = Truncation {
+                    file: path.clone(),
+                    offset: off,
+                    dropped_bytes: file_len - off,
+                    reason,
+                };
+                tracing::warn!(
+                    file = %t.file.display(),
+                    offset = t.offset,
+                    dropped_bytes = t.dropped_bytes,
+                    reason = %t.reason,
+                    "journal recovery: cutting off torn or corrupt tail of the last segment"
+                );
+                file.set_len(off)
+                    .and_then(|()| file.sync_all())
+                    .map_err(io_err("truncate torn segment tail", &path))?;
+                if off == 0 {
+                    header = None;
+                }
+                data_end = off;
+                len = off;
+                ctx.report.truncated = Some(t);
+            }
+            if header.is_none() {
+                data_end = 0;
+                header_end = 0;
+            }
+            last = Some(LastSegment {
+                seq,
+                path,
+                file,
+                data_end,
+                header_end,
+                file_len: len,
+                header,
+            });
+        } else if let Some((off, reason)) = scan.bad {
+            if !config.salvage {
+                tracing::error!(file = %path.display(), offset = off, reason = %reason, "journal recovery: damaged segment before the last one; refusing to start (see the salvage option)");
+                return Err(StoreError::Corrupt {
+                    file: path,
+                    offset: off,
+                    reason,
+                });
+            }
+            tracing::error!(
+                file = %path.display(),
+                offset = off,
+                dropped_bytes = file_len - off,
+                reason = %reason,
+                "journal recovery: SALVAGE: dropping the rest of a damaged segment; messages and acks in it are lost"
+            );
+            if !salvage_segment(&path, file_len, off, dir_file, dir)? {
+                ctx.state.segments.remove(&seq);
+            }
+            ctx.report.salvaged.push(Truncation {
+                file: path,
+                offset: off,
+                dropped_bytes: file_len - off,
+                reason,
+            });
+        }
+    }
+    ctx.state.gc_hint = true;
+    let messages: Vec<StoredMessage> = ctx.msgs.into_iter().flatten().collect();
+    Ok(RecoveryOutput {
+        messages,
+        producers: ctx.producers,
+        next_id: ctx.next_id,
+        report: ctx.report,
+        state: ctx.state,
+        last,
+    })
+}

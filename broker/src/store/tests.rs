@@ -1,0 +1,1092 @@
+//! Journal tests (unit tests of the whole module through its public API).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+
+fn msg(id: u64, dest: &str, body: &[u8]) -> StoredMessage {
+    StoredMessage {
+        id,
+        destination: dest.to_owned(),
+        priority: (id % 10) as u8,
+        expires: if id % 3 == 0 {
+            0
+        } else {
+            1_700_000_000_000 + id
+        },
+        timestamp: 1_600_000_000_000 + id,
+        producer: None,
+        headers: vec![
+            ("content-type".into(), "text/plain".into()),
+            ("x-id".into(), id.to_string()),
+        ],
+        body: Some(Bytes::copy_from_slice(body)),
+        body_len: body.len() as u32,
+    }
+}
+
+fn with_producer(mut m: StoredMessage, p: &str, seq: u64) -> StoredMessage {
+    m.producer = Some(ProducerSeq {
+        producer: p.into(),
+        seq,
+    });
+    m
+}
+
+/// A body whose bytes are all non-zero (so a record never ends in zeros).
+fn body_for(id: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| 1 + ((i as u64 + id * 7) % 250) as u8)
+        .collect()
+}
+
+fn cfg(dir: &Path) -> JournalConfig {
+    JournalConfig::new(dir)
+}
+
+fn small_cfg(dir: &Path, segment_bytes: u64) -> JournalConfig {
+    let mut c = JournalConfig::new(dir);
+    c.segment_bytes = segment_bytes;
+    c
+}
+
+fn open(c: &JournalConfig) -> (Journal, Recovered) {
+    Journal::open(c.clone()).expect("open journal")
+}
+
+fn segment_files(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            parse_segment_name(e.file_name().to_str()?).map(|s| (s, e.path()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn seg_exists(dir: &Path, seq: u64) -> bool {
+    segment_path(dir, seq).exists()
+}
+
+fn ids(msgs: &[StoredMessage]) -> Vec<u64> {
+    msgs.iter().map(|m| m.id).collect()
+}
+
+/// Length of a segment header without producers.
+fn header_len_no_producers() -> u64 {
+    let mut v = Vec::new();
+    format::put_header(&mut v, 1, 0, 1, std::iter::empty());
+    v.len() as u64
+}
+
+#[tokio::test]
+async fn round_trip_messages_and_producers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = small_cfg(tmp.path(), 4096);
+    let (j, rec) = open(&c);
+    assert!(rec.messages.is_empty());
+    assert_eq!(rec.next_id, 1);
+
+    let mut expected: Vec<StoredMessage> = Vec::new();
+    let mut producers = HashMap::new();
+    for id in 1..=60u64 {
+        let mut m = msg(
+            id,
+            &format!("/queue/q{}", id % 4),
+            &body_for(id, (id * 37 % 700) as usize),
+        );
+        if id % 2 == 0 {
+            let p = format!("prod-{}", id % 3);
+            m = with_producer(m, &p, id * 10);
+            producers.insert(p, id * 10);
+        }
+        if id % 5 == 0 {
+            m.headers.clear();
+        }
+        expected.push(m.clone());
+        j.append(vec![Op::Add(m)]).await.unwrap();
+    }
+    // An atomic multi-op record: ack two, add one.
+    let m61 = msg(61, "/topic/t", b"");
+    j.append(vec![
+        Op::Ack { id: 3 },
+        Op::Ack { id: 10 },
+        Op::Add(m61.clone()),
+    ])
+    .await
+    .unwrap();
+    expected.retain(|m| m.id != 3 && m.id != 10);
+    expected.push(m61);
+    // Lazy acks become durable by shutdown.
+    j.append_lazy(vec![Op::Ack { id: 20 }]);
+    expected.retain(|m| m.id != 20);
+    let stats = j.stats();
+    assert!(
+        stats.segments_live > 1,
+        "expected several segments: {stats:?}"
+    );
+    j.shutdown();
+
+    let (j, rec) = open(&c);
+    assert_eq!(rec.messages, expected);
+    assert_eq!(rec.producers, producers);
+    assert_eq!(rec.next_id, 62);
+    assert!(rec.report.truncated.is_none());
+    assert!(rec.report.salvaged.is_empty());
+    // And it keeps working across another reopen.
+    j.append(vec![Op::Add(msg(62, "/queue/x", b"x"))])
+        .await
+        .unwrap();
+    drop(j); // the last handle shuts down
+    let (_j, rec) = open(&c);
+    assert_eq!(rec.messages.len(), expected.len() + 1);
+    assert_eq!(rec.next_id, 63);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_covers_many_records_per_fsync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cfg(tmp.path());
+    let (j, _) = open(&c);
+    let tasks = 64u64;
+    let per_task = 40u64;
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let j = j.clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..per_task {
+                let id = 1 + t * per_task + i;
+                j.append(vec![Op::Add(msg(id, "/queue/g", &[7u8; 1024]))])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let s = j.stats();
+    let total = tasks * per_task;
+    assert_eq!(s.records, total);
+    assert!(
+        s.fsyncs * 4 <= total,
+        "group commit ineffective: {} fsyncs for {} records",
+        s.fsyncs,
+        total
+    );
+    assert!(s.avg_batch_records >= 4.0, "{s:?}");
+    j.shutdown();
+    let (_j, rec) = open(&c);
+    assert_eq!(rec.messages.len() as u64, total);
+}
+
+/// Writes three records (the last one given by `last`) into segment 1 of a
+/// journal without pre-allocation and returns the segment's bytes and the
+/// offset where the last record starts.
+async fn journal_with_last_record(dir: &Path, last: Vec<Op>) -> (Vec<u8>, u64) {
+    let mut c = cfg(dir);
+    c.preallocate = false;
+    let (j, _) = open(&c);
+    j.append(vec![Op::Add(msg(1, "/queue/a", &body_for(1, 40)))])
+        .await
+        .unwrap();
+    j.append(vec![Op::Add(msg(2, "/queue/a", &body_for(2, 40)))])
+        .await
+        .unwrap();
+    let seg = segment_path(dir, 1);
+    let last_start = std::fs::metadata(&seg).unwrap().len();
+    j.append(last).await.unwrap();
+    j.shutdown();
+    (std::fs::read(&seg).unwrap(), last_start)
+}
+
+/// Opens a journal whose segment 1 holds `bytes`, checks recovery against
+/// `expect_ids` and the expected truncation, then checks that appends work
+/// and that a second reopen is clean.
+async fn check_recovers(bytes: &[u8], expect_ids: &[u64], trunc_at: Option<u64>) {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(segment_path(tmp.path(), 1), bytes).unwrap();
+    let mut c = cfg(tmp.path());
+    c.preallocate = false;
+    let (j, rec) = open(&c);
+    assert_eq!(ids(&rec.messages), expect_ids);
+    match (trunc_at, &rec.report.truncated) {
+        (None, None) => {}
+        (Some(off), Some(t)) => {
+            assert_eq!(t.offset, off, "{t:?}");
+            assert_eq!(t.dropped_bytes, bytes.len() as u64 - off);
+            assert_eq!(t.file, segment_path(tmp.path(), 1));
+        }
+        (want, got) => panic!("truncation: want {want:?}, got {got:?}"),
+    }
+    j.append(vec![Op::Add(msg(100, "/queue/after", b"after"))])
+        .await
+        .unwrap();
+    j.shutdown();
+    let (_j, rec) = open(&c);
+    assert!(rec.report.truncated.is_none(), "{:?}", rec.report.truncated);
+    let mut want = expect_ids.to_vec();
+    want.push(100);
+    assert_eq!(ids(&rec.messages), want);
+}
+
+#[tokio::test]
+async fn torn_tail_at_every_offset_of_last_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let last = vec![Op::Add(msg(3, "/queue/a", &body_for(3, 40)))];
+    let (bytes, start) = journal_with_last_record(tmp.path(), last).await;
+    // Cut exactly at the record boundary: a clean end.
+    check_recovers(&bytes[..start as usize], &[1, 2], None).await;
+    for cut in start as usize + 1..bytes.len() {
+        check_recovers(&bytes[..cut], &[1, 2], Some(start)).await;
+    }
+    check_recovers(&bytes, &[1, 2, 3], None).await;
+}
+
+#[tokio::test]
+async fn torn_multi_op_record_applies_none_of_its_ops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let last = vec![
+        Op::Ack { id: 1 },
+        Op::Add(msg(3, "/queue/a", &body_for(3, 10))),
+        Op::Ack { id: 2 },
+        Op::Add(msg(4, "/queue/b", &body_for(4, 10))),
+    ];
+    let (bytes, start) = journal_with_last_record(tmp.path(), last).await;
+    for cut in start as usize + 1..bytes.len() {
+        check_recovers(&bytes[..cut], &[1, 2], Some(start)).await;
+    }
+    check_recovers(&bytes, &[3, 4], None).await;
+}
+
+#[tokio::test]
+async fn bit_flips_in_last_record_are_caught() {
+    let tmp = tempfile::tempdir().unwrap();
+    let last = vec![Op::Add(msg(3, "/queue/a", &body_for(3, 24)))];
+    let (bytes, start) = journal_with_last_record(tmp.path(), last).await;
+    for pos in start as usize..bytes.len() {
+        for bit in [pos % 8, 7 - pos % 8] {
+            let mut b = bytes.clone();
+            b[pos] ^= 1 << bit;
+            check_recovers(&b, &[1, 2], Some(start)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn torn_write_into_preallocated_space_is_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cfg(tmp.path());
+    let (j, _) = open(&c);
+    for id in 1..=3 {
+        j.append(vec![Op::Add(msg(id, "/queue/p", &body_for(id, 100)))])
+            .await
+            .unwrap();
+    }
+    j.shutdown();
+    let seg = segment_path(tmp.path(), 1);
+    let pristine = std::fs::read(&seg).unwrap();
+    let data_end = pristine.iter().rposition(|&b| b != 0).unwrap() as u64 + 1;
+    assert!(pristine.len() as u64 > data_end, "segment is pre-allocated");
+
+    // Clean reopen: the zero tail is not damage.
+    let (j, rec) = open(&c);
+    assert!(rec.report.truncated.is_none());
+    assert_eq!(ids(&rec.messages), [1, 2, 3]);
+    j.shutdown();
+
+    for garbage_at in [data_end, data_end + 5000] {
+        let mut b = pristine.clone();
+        for (i, x) in b[garbage_at as usize..garbage_at as usize + 300]
+            .iter_mut()
+            .enumerate()
+        {
+            *x = (i % 200) as u8 + 1;
+        }
+        std::fs::write(&seg, &b).unwrap();
+        let (j, rec) = open(&c);
+        let t = rec.report.truncated.clone().expect("truncation reported");
+        assert_eq!(t.offset, data_end);
+        assert_eq!(ids(&rec.messages), [1, 2, 3]);
+        j.append(vec![Op::Add(msg(9, "/queue/p", b"9"))])
+            .await
+            .unwrap();
+        j.shutdown();
+        let (j, rec) = open(&c);
+        assert!(rec.report.truncated.is_none());
+        assert_eq!(ids(&rec.messages), [1, 2, 3, 9]);
+        j.append(vec![Op::Ack { id: 9 }]).await.unwrap();
+        j.shutdown();
+        std::fs::write(&seg, &pristine).unwrap();
+    }
+}
+
+/// Writes `n` messages, one record and therefore one segment each
+/// (segments 1..=n), with no producers.
+async fn one_segment_per_message(c: &JournalConfig, n: u64) {
+    let (j, _) = open(c);
+    for id in 1..=n {
+        j.append(vec![Op::Add(msg(id, "/queue/s", &body_for(id, 200)))])
+            .await
+            .unwrap();
+    }
+    j.shutdown();
+    assert_eq!(segment_files(&c.dir).len() as u64, n);
+}
+
+#[tokio::test]
+async fn corrupt_middle_segment_is_refused_with_file_and_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = small_cfg(tmp.path(), 300);
+    one_segment_per_message(&c, 4).await;
+    let seg2 = segment_path(tmp.path(), 2);
+    let mut b = std::fs::read(&seg2).unwrap();
+    let rec_off = header_len_no_producers();
+    b[rec_off as usize + 30] ^= 0x40;
+    std::fs::write(&seg2, &b).unwrap();
+    match Journal::open(c.clone()) {
+        Err(StoreError::Corrupt { file, offset, .. }) => {
+            assert_eq!(file, seg2);
+            assert_eq!(offset, rec_off);
+        }
+        other => panic!("expected Corrupt, got {:?}", other.map(|(_, r)| r.report)),
+    }
+    // Nothing was modified by the refused open, and the lock was released.
+    assert_eq!(std::fs::read(&seg2).unwrap(), b);
+    assert!(matches!(Journal::open(c), Err(StoreError::Corrupt { .. })));
+}
+
+#[tokio::test]
+async fn salvage_starts_past_a_corrupt_middle_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = small_cfg(tmp.path(), 300);
+    one_segment_per_message(&c, 4).await;
+    let seg2 = segment_path(tmp.path(), 2);
+    let mut b = std::fs::read(&seg2).unwrap();
+    let rec_off = header_len_no_producers();
+    b[rec_off as usize + 30] ^= 0x40;
+    std::fs::write(&seg2, &b).unwrap();
+    c.salvage = true;
+    let (j, rec) = open(&c);
+    assert_eq!(ids(&rec.messages), [1, 3, 4]);
+    assert_eq!(rec.report.salvaged.len(), 1);
+    let s = &rec.report.salvaged[0];
+    assert_eq!((s.file.clone(), s.offset), (seg2.clone(), rec_off));
+    assert_eq!(s.dropped_bytes, b.len() as u64 - rec_off);
+    let aside = tmp
+        .path()
+        .join(format!("journal-0000000000000002.log.corrupt-at-{rec_off}"));
+    assert_eq!(std::fs::read(aside).unwrap(), &b[rec_off as usize..]);
+    j.shutdown();
+    // The damage was cut off: a normal open works now.
+    c.salvage = false;
+    let (j, rec) = open(&c);
+    assert_eq!(ids(&rec.messages), [1, 3, 4]);
+    j.shutdown();
+
+    // A damaged header sets the whole segment aside.
+    let seg3 = segment_path(tmp.path(), 3);
+    let mut b = std::fs::read(&seg3).unwrap();
+    b[12] ^= 1;
+    std::fs::write(&seg3, &b).unwrap();
+    assert!(matches!(
+        Journal::open(c.clone()),
+        Err(StoreError::Corrupt { offset: 0, .. })
+    ));
+    c.salvage = true;
+    let (j, rec) = open(&c);
+    assert_eq!(ids(&rec.messages), [1, 4]);
+    assert_eq!(rec.report.salvaged[0].offset, 0);
+    assert!(!seg3.exists());
+    assert!(tmp
+        .path()
+        .join("journal-0000000000000003.log.corrupt")
+        .exists());
+    j.shutdown();
+}
+
+#[tokio::test]
+async fn fully_acked_segments_are_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = small_cfg(tmp.path(), 300);
+    let (j, _) = open(&c);
+    for id in 1..=10 {
+        j.append(vec![Op::Add(msg(id, "/queue/d", &body_for(id, 200)))])
+            .await
+            .unwrap();
+    }
+    assert_eq!(segment_files(tmp.path()).len(), 10);
+    let acks = (1..=10).map(|id| Op::Ack { id }).collect();
+    j.append(acks).await.unwrap();
+    // Deletion runs after the sync; the next batch starts after it.
+    j.flush().await.unwrap();
+    j.flush().await.unwrap();
+    let files = segment_files(tmp.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0].0, 11);
+    let s = j.stats();
+    assert_eq!(s.segments_deleted, 10);
+    assert_eq!(s.segments_live, 1);
+    assert_eq!(s.live_messages, 0);
+    j.shutdown();
+    let (_j, rec) = open(&c);
+    assert!(rec.messages.is_empty());
+    assert_eq!(
+        rec.next_id, 11,
+        "id counter survives via the header checkpoint"
+    );
+    assert_eq!(rec.report.segments, 1);
+}
+
+#[tokio::test]
+async fn ack_segment_kept_while_acked_segment_exists_no_resurrection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = small_cfg(tmp.path(), 100); // every record gets its own segment
+    let (j, _) = open(&c);
+    // R = segment 1: m1, m2.
+    j.append(vec![
+        Op::Add(msg(1, "/queue/r", b"one")),
+        Op::Add(msg(2, "/queue/r", b"two")),
+    ])
+    .await
+    .unwrap();
+    // S = segment 2: the ack of m1 (refers to R).
+    j.append(vec![Op::Ack { id: 1 }]).await.unwrap();
+    j.append(vec![Op::Add(msg(3, "/queue/r", b"three"))])
+        .await
+        .unwrap();
+    j.append(vec![Op::Add(msg(4, "/queue/r", b"four"))])
+        .await
+        .unwrap();
+    j.flush().await.unwrap();
+    j.flush().await.unwrap();
+    // S has no live message and is not active, but R (m2 live) still exists.
+    assert!(seg_exists(tmp.path(), 1));
+    assert!(seg_exists(tmp.path(), 2), "ack segment must be kept");
+    // Segment 3 holds live m3, so it is kept too.
+    assert!(seg_exists(tmp.path(), 3));
+    j.shutdown();
+
+    // What deleting S would have done: m1 comes back.
+    let copy = tempfile::tempdir().unwrap();
+    for (_, p) in segment_files(tmp.path()) {
+        std::fs::copy(&p, copy.path().join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::remove_file(segment_path(copy.path(), 2)).unwrap();
+    let (jc, rec) = open(&cfg(copy.path()));
+    assert_eq!(
+        ids(&rec.messages),
+        [1, 2, 3, 4],
+        "resurrection without the rule"
+    );
+    jc.shutdown();
+
+    let (j, rec) = open(&c);
+    assert_eq!(ids(&rec.messages), [2, 3, 4]);
+    assert!(seg_exists(tmp.path(), 2), "recovery's GC keeps S too");
+    // Ack m2: R becomes deletable, then S (in a later round).
+    j.append(vec![Op::Ack { id: 2 }]).await.unwrap();
+    j.flush().await.unwrap();
+    j.flush().await.unwrap();
+    assert!(!seg_exists(tmp.path(), 1));
+    assert!(!seg_exists(tmp.path(), 2));
+    assert!(seg_exists(tmp.path(), 3));
+    j.shutdown();
+    let (_j, rec) = open(&c);
+    assert_eq!(ids(&rec.messages), [3, 4]);
+}
+
+#[tokio::test]
+async fn dedup_table_survives_deletion_of_original_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = small_cfg(tmp.path(), 100);
+    let (j, rec) = open(&c);
+    assert!(rec.producers.is_empty());
+    j.append(vec![Op::Add(with_producer(msg(1, "/q", b"a"), "p", 7))])
+        .await
+        .unwrap();
+    j.append(vec![Op::Add(with_producer(msg(2, "/q", b"b"), "q", 3))])
+        .await
+        .unwrap();
+    j.append(vec![Op::Add(with_producer(msg(3, "/q", b"c"), "p", 5))])
+        .await
+        .unwrap();
+    j.append(vec![
+        Op::Ack { id: 1 },
+        Op::Ack { id: 2 },
+        Op::Ack { id: 3 },
+    ])
+    .await
+    .unwrap();
+    j.append(vec![Op::Add(msg(4, "/q", b"d"))]).await.unwrap();
+    j.flush().await.unwrap();
+    j.flush().await.unwrap();
+    for seq in 1..=4 {
+        assert!(!seg_exists(tmp.path(), seq), "segment {seq} should be gone");
+    }
+    j.shutdown();
+    let (_j, rec) = open(&c);
+    let want: HashMap<String, u64> = [("p".to_string(), 7), ("q".to_string(), 3)].into();
+    assert_eq!(rec.producers, want);
+    assert_eq!(ids(&rec.messages), [4]);
+    assert_eq!(rec.next_id, 5);
+}
+
+#[tokio::test]
+async fn read_body_beyond_the_cache_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = small_cfg(tmp.path(), 8 << 10);
+    let (j, _) = open(&c);
+    let bodies: Vec<Vec<u8>> = (1..=10).map(|id| body_for(id, 1000)).collect();
+    for (i, b) in bodies.iter().enumerate() {
+        j.append(vec![Op::Add(msg(i as u64 + 1, "/queue/big", b))])
+            .await
+            .unwrap();
+    }
+    // A record much larger than one of its bodies (read without verification).
+    let big_a = body_for(11, 70_000);
+    let big_b = body_for(12, 70_000);
+    j.append(vec![
+        Op::Add(msg(11, "/queue/big", &big_a)),
+        Op::Add(msg(12, "/queue/big", &big_b)),
+    ])
+    .await
+    .unwrap();
+    j.append(vec![Op::Ack { id: 2 }]).await.unwrap();
+    j.shutdown();
+
+    c.body_cache_bytes = 3500;
+    let (j, rec) = open(&c);
+    assert_eq!(rec.messages.len(), 11);
+    let loaded: Vec<u64> = rec
+        .messages
+        .iter()
+        .filter(|m| m.body.is_some())
+        .map(|m| m.id)
+        .collect();
+    // Bodies load in scan order until the budget is used up (message 2 was
+    // loaded, then acked by the last record: its bytes count until then).
+    assert_eq!(loaded, [1, 3], "bodies load in order up to the limit");
+    for m in &rec.messages {
+        assert_eq!(m.body_len as usize, if m.id > 10 { 70_000 } else { 1000 });
+        let want: &[u8] = match m.id {
+            11 => &big_a,
+            12 => &big_b,
+            id => &bodies[id as usize - 1],
+        };
+        assert_eq!(j.read_body(m.id).unwrap(), want, "body of {}", m.id);
+        assert_eq!(j.read_body_async(m.id).await.unwrap(), want);
+    }
+    assert!(matches!(
+        j.read_body(2),
+        Err(StoreError::NotFound { id: 2 })
+    ));
+    assert!(matches!(
+        j.read_body(99),
+        Err(StoreError::NotFound { id: 99 })
+    ));
+
+    // Readable as soon as it is queued (lazy: not even synced yet).
+    j.append_lazy(vec![Op::Add(msg(13, "/queue/big", b"fresh"))]);
+    assert_eq!(j.read_body(13).unwrap(), &b"fresh"[..]);
+    j.flush().await.unwrap();
+    assert_eq!(j.read_body(13).unwrap(), &b"fresh"[..]);
+    j.shutdown();
+    assert!(matches!(j.read_body(13), Err(StoreError::Closed)));
+}
+
+#[tokio::test]
+async fn read_body_detects_corruption_after_recovery() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = cfg(tmp.path());
+    c.body_cache_bytes = 0;
+    let (j, _) = open(&c);
+    j.append(vec![Op::Add(msg(1, "/q", &body_for(1, 500)))])
+        .await
+        .unwrap();
+    j.shutdown();
+    let (j, rec) = open(&c);
+    assert!(rec.messages[0].body.is_none());
+    // Damage the body after recovery.
+    let seg = segment_path(tmp.path(), 1);
+    let mut b = std::fs::read(&seg).unwrap();
+    let end = b.iter().rposition(|&x| x != 0).unwrap();
+    b[end - 10] ^= 0xff;
+    std::fs::write(&seg, &b).unwrap();
+    assert!(matches!(j.read_body(1), Err(StoreError::Corrupt { .. })));
+}
+
+#[tokio::test]
+async fn second_open_of_same_dir_is_locked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cfg(tmp.path());
+    let (j, _) = open(&c);
+    match Journal::open(c.clone()) {
+        Err(StoreError::Locked { path }) => assert_eq!(path, tmp.path().join("lock")),
+        other => panic!("expected Locked, got {:?}", other.map(|(_, r)| r.report)),
+    }
+    j.shutdown();
+    j.shutdown(); // idempotent
+    let (_j, _) = open(&c);
+}
+
+/// Cuts the zero tail off a segment, as the writer does before it creates
+/// the next segment (all test bodies end in non-zero bytes).
+fn seal(path: &Path) {
+    let b = std::fs::read(path).unwrap();
+    let data_end = b.iter().rposition(|&x| x != 0).unwrap() + 1;
+    std::fs::write(path, &b[..data_end]).unwrap();
+}
+
+#[tokio::test]
+async fn empty_and_header_only_last_segments_are_fine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cfg(tmp.path());
+    // A zero-length first segment.
+    std::fs::write(segment_path(tmp.path(), 1), b"").unwrap();
+    let (j, rec) = open(&c);
+    assert!(rec.report.truncated.is_none());
+    j.append(vec![Op::Add(msg(1, "/q", b"1"))]).await.unwrap();
+    j.shutdown();
+    // A zero-length segment after a real one (crash right after creation;
+    // the real one was sealed first: its zero tail cut off).
+    seal(&segment_path(tmp.path(), 1));
+    std::fs::write(segment_path(tmp.path(), 2), b"").unwrap();
+    let (j, rec) = open(&c);
+    assert!(rec.report.truncated.is_none());
+    assert_eq!(ids(&rec.messages), [1]);
+    j.append(vec![Op::Add(msg(2, "/q", b"2"))]).await.unwrap();
+    j.shutdown();
+    // A zero-filled segment (a renamed spare that never got its header).
+    seal(&segment_path(tmp.path(), 2));
+    std::fs::write(segment_path(tmp.path(), 3), vec![0u8; 8192]).unwrap();
+    let (j, rec) = open(&c);
+    assert!(rec.report.truncated.is_none());
+    assert_eq!(ids(&rec.messages), [1, 2]);
+    j.shutdown();
+    // Header-only (plus zero tail): the journal just opened and closed.
+    let (j, rec) = open(&c);
+    assert!(rec.report.truncated.is_none());
+    assert_eq!(ids(&rec.messages), [1, 2]);
+    j.shutdown();
+    let (_j, rec) = open(&c);
+    assert_eq!(ids(&rec.messages), [1, 2]);
+    assert_eq!(rec.next_id, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_in_flight_appends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cfg(tmp.path());
+    let (j, _) = open(&c);
+    let futs: Vec<Append> = (1..=200)
+        .map(|id| j.append(vec![Op::Add(msg(id, "/q", &[1u8; 512]))]))
+        .collect();
+    j.append_lazy(vec![Op::Add(msg(201, "/q", b"lazy"))]);
+    let j2 = j.clone();
+    tokio::task::spawn_blocking(move || j2.shutdown())
+        .await
+        .unwrap();
+    for f in futs {
+        f.await.unwrap();
+    }
+    assert!(matches!(
+        j.append(vec![Op::Add(msg(300, "/q", b"x"))]).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(j.flush().await, Err(StoreError::Closed)));
+    j.shutdown();
+    let (_j, rec) = open(&c);
+    assert_eq!(rec.messages.len(), 201);
+}
+
+#[tokio::test]
+async fn lazy_appends_are_synced_within_the_interval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cfg(tmp.path());
+    let (j, _) = open(&c);
+    let before = j.stats().fsyncs;
+    j.append_lazy(vec![Op::Add(msg(1, "/q", b"lazy"))]);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(j.stats().records, 1, "written with the next batch");
+    let deadline = Instant::now() + Duration::from_millis(400);
+    while j.stats().fsyncs == before {
+        assert!(Instant::now() < deadline, "lazy record never synced");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(j.stats().last_batch_records, 1);
+}
+
+#[tokio::test]
+async fn invalid_appends_are_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (j, _) = open(&cfg(tmp.path()));
+    let mut m = msg(1, "/q", b"abc");
+    m.body = None;
+    assert!(matches!(
+        j.append(vec![Op::Add(m)]).await,
+        Err(StoreError::InvalidOp { id: Some(1), .. })
+    ));
+    let mut m = msg(2, "/q", b"abc");
+    m.body_len = 2;
+    assert!(j.append(vec![Op::Add(m)]).await.is_err());
+    let m = msg(3, "/q", &vec![0u8; MAX_RECORD_BYTES as usize + 1]);
+    assert!(matches!(
+        j.append(vec![Op::Add(m)]).await,
+        Err(StoreError::TooLarge { .. })
+    ));
+    assert_eq!(j.stats().records, 0);
+}
+
+#[tokio::test]
+async fn epoch_change_starts_a_new_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = cfg(tmp.path());
+    let (j, rec) = open(&c);
+    assert_eq!(rec.report.last_epoch, None);
+    j.append(vec![Op::Add(msg(1, "/q", b"1"))]).await.unwrap();
+    j.shutdown();
+    c.epoch = 5;
+    let (j, rec) = open(&c);
+    assert_eq!(rec.report.last_epoch, Some(0));
+    assert_eq!(segment_files(tmp.path()).len(), 2);
+    j.append(vec![Op::Add(msg(2, "/q", b"2"))]).await.unwrap();
+    j.shutdown();
+    let (_j, rec) = open(&c);
+    assert_eq!(rec.report.last_epoch, Some(5));
+    assert_eq!(ids(&rec.messages), [1, 2]);
+    assert_eq!(segment_files(tmp.path()).len(), 2);
+}
+
+#[tokio::test]
+async fn rolls_without_spare_and_with_huge_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = small_cfg(tmp.path(), 1000);
+    c.preallocate = false;
+    let (j, _) = open(&c);
+    let big = body_for(2, 5000);
+    j.append(vec![Op::Add(msg(1, "/q", b"small"))])
+        .await
+        .unwrap();
+    j.append(vec![Op::Add(msg(2, "/q", &big))]).await.unwrap();
+    j.append(vec![Op::Add(msg(3, "/q", b"small"))])
+        .await
+        .unwrap();
+    j.shutdown();
+    assert_eq!(segment_files(tmp.path()).len(), 3);
+    let (_j, rec) = open(&c);
+    assert_eq!(ids(&rec.messages), [1, 2, 3]);
+    assert_eq!(rec.messages[1].body.as_deref(), Some(&big[..]));
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Append a record with these ops: `true` = add a new message,
+        /// `false` = ack the k-th live message (modulo), with lazy flag.
+        Record(Vec<(bool, usize)>, bool),
+        Reopen,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            8 => (proptest::collection::vec((any::<bool>(), any::<usize>()), 1..4), any::<bool>())
+                .prop_map(|(ops, lazy)| Step::Record(ops, lazy)),
+            1 => Just(Step::Reopen),
+        ]
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Recovery matches a simple model for random operation sequences
+        /// and segment sizes (including segment deletion).
+        #[test]
+        fn recovery_matches_model(
+            steps in proptest::collection::vec(step(), 1..40),
+            seg in 150u64..2000,
+            prealloc in any::<bool>(),
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut c = small_cfg(tmp.path(), seg);
+            c.preallocate = prealloc;
+            let rt = rt();
+            let mut model: Vec<StoredMessage> = Vec::new();
+            let mut next = 1u64;
+            let (mut j, _) = open(&c);
+            for s in steps {
+                match s {
+                    Step::Reopen => {
+                        j.shutdown();
+                        let (nj, rec) = open(&c);
+                        j = nj;
+                        prop_assert_eq!(&rec.messages, &model);
+                        prop_assert!(rec.report.truncated.is_none());
+                        prop_assert_eq!(rec.next_id, next);
+                    }
+                    Step::Record(ops, lazy) => {
+                        let mut rec_ops = Vec::new();
+                        for (add, k) in ops {
+                            if add || model.is_empty() {
+                                let m = msg(next, "/queue/m", &body_for(next, next as usize % 90));
+                                next += 1;
+                                model.push(m.clone());
+                                rec_ops.push(Op::Add(m));
+                            } else {
+                                let m = model.remove(k % model.len());
+                                rec_ops.push(Op::Ack { id: m.id });
+                            }
+                        }
+                        if lazy {
+                            j.append_lazy(rec_ops);
+                        } else {
+                            rt.block_on(j.append(rec_ops)).unwrap();
+                        }
+                    }
+                }
+            }
+            j.shutdown();
+            let (_j, rec) = open(&c);
+            prop_assert_eq!(&rec.messages, &model);
+            // Segments are deleted when nothing is needed from them: with no
+            // live messages only the active segment may remain.
+            if model.is_empty() {
+                let n = segment_files(tmp.path()).len();
+                prop_assert!(n <= 2, "{} segments left", n);
+            }
+        }
+
+        /// Arbitrary bytes appended to, or written over, the last segment
+        /// never panic recovery and never produce messages that were not
+        /// written.
+        #[test]
+        fn garbage_in_last_segment_is_cut(
+            garbage in proptest::collection::vec(any::<u8>(), 1..300),
+            overwrite_at in proptest::option::of(0usize..400),
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut c = cfg(tmp.path());
+            c.preallocate = false;
+            let rt = rt();
+            let (j, _) = open(&c);
+            let written: Vec<StoredMessage> =
+                (1..=3).map(|id| msg(id, "/q", &body_for(id, 50))).collect();
+            for m in &written {
+                rt.block_on(j.append(vec![Op::Add(m.clone())])).unwrap();
+            }
+            j.shutdown();
+            let seg = segment_path(tmp.path(), 1);
+            let mut b = std::fs::read(&seg).unwrap();
+            match overwrite_at {
+                None => b.extend_from_slice(&garbage),
+                Some(at) => {
+                    let at = at.min(b.len());
+                    let end = (at + garbage.len()).min(b.len());
+                    b[at..end].copy_from_slice(&garbage[..end - at]);
+                }
+            }
+            std::fs::write(&seg, &b).unwrap();
+            let (j, rec) = open(&c);
+            prop_assert!(rec.messages.len() <= 3);
+            prop_assert_eq!(&rec.messages[..], &written[..rec.messages.len()]);
+            j.shutdown();
+            let (_j, rec2) = open(&c);
+            prop_assert!(rec2.report.truncated.is_none());
+            prop_assert_eq!(rec2.messages, rec.messages);
+        }
+
+        /// Arbitrary bytes as an earlier segment are refused (or salvaged)
+        /// without panicking.
+        #[test]
+        fn garbage_middle_segment_is_refused(
+            garbage in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            std::fs::write(segment_path(tmp.path(), 1), &garbage).unwrap();
+            std::fs::write(segment_path(tmp.path(), 2), b"").unwrap();
+            let mut c = cfg(tmp.path());
+            let refused = matches!(
+                Journal::open(c.clone()),
+                Err(StoreError::Corrupt { offset: 0, .. })
+            );
+            prop_assert!(refused);
+            c.salvage = true;
+            let (_j, rec) = open(&c);
+            prop_assert!(rec.messages.is_empty());
+            prop_assert_eq!(rec.report.salvaged.len(), 1);
+        }
+    }
+}
+
+/// Throughput and recovery figures (release mode, run by hand):
+/// `cargo test --release -- --ignored --nocapture bench_`
+#[test]
+#[ignore]
+fn bench_append_throughput() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for &(appenders, prealloc) in &[(8usize, true), (8, false), (32, true), (128, true)] {
+        let tmp = tempfile::tempdir_in(env_dir()).unwrap();
+        let mut c = cfg(tmp.path());
+        c.preallocate = prealloc;
+        let (j, _) = open(&c);
+        let per = 40_000 / appenders as u64 * 2;
+        let body = Bytes::from(vec![0x5au8; 1024]);
+        // Let the pre-allocator finish its first spare before timing.
+        std::thread::sleep(Duration::from_millis(300));
+        let t0 = Instant::now();
+        rt.block_on(async {
+            let mut hs = Vec::new();
+            for a in 0..appenders as u64 {
+                let j = j.clone();
+                let body = body.clone();
+                hs.push(tokio::spawn(async move {
+                    for i in 0..per {
+                        let id = 1 + a * per + i;
+                        let m = StoredMessage {
+                            id,
+                            destination: "/queue/bench".into(),
+                            priority: 4,
+                            expires: 0,
+                            timestamp: id,
+                            producer: None,
+                            headers: vec![("content-type".into(), "text/plain".into())],
+                            body: Some(body.clone()),
+                            body_len: 1024,
+                        };
+                        j.append(vec![Op::Add(m)]).await.unwrap();
+                    }
+                }));
+            }
+            for h in hs {
+                h.await.unwrap();
+            }
+        });
+        let dt = t0.elapsed().as_secs_f64();
+        let s = j.stats();
+        eprintln!(
+            "appenders={appenders:4} prealloc={prealloc:5} records={} time={:.2}s  {:.0} appends/s  {:.1} MB/s  fsyncs={} records/fsync={:.1}",
+            s.records,
+            dt,
+            s.records as f64 / dt,
+            s.bytes as f64 / dt / 1e6,
+            s.fsyncs,
+            s.avg_batch_records
+        );
+        j.shutdown();
+    }
+}
+
+fn env_dir() -> PathBuf {
+    std::env::var_os("JOURNAL_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+#[test]
+#[ignore]
+fn bench_recovery() {
+    let only: Option<u64> = std::env::var("JOURNAL_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    for &n in &[100_000u64, 1_000_000] {
+        if only.is_some_and(|o| o != n) {
+            continue;
+        }
+        let tmp = tempfile::tempdir_in(env_dir()).unwrap();
+        // With JOURNAL_BENCH_KEEP the data set is kept (and reused) in
+        // <JOURNAL_BENCH_DIR>/journal-bench-<n>, e.g. for profiling recovery.
+        let keep = std::env::var_os("JOURNAL_BENCH_KEEP").is_some();
+        let dir = if keep {
+            env_dir().join(format!("journal-bench-{n}"))
+        } else {
+            tmp.path().to_path_buf()
+        };
+        let c = cfg(&dir);
+        let (j, rec) = open(&c);
+        if rec.messages.len() as u64 == n {
+            j.shutdown();
+        } else {
+            write_backlog(&j, n);
+        }
+        for _ in 0..2 {
+            let (j, rec) = open(&c);
+            let loaded = rec.messages.iter().filter(|m| m.body.is_some()).count();
+            eprintln!(
+                "recovered {} live messages ({} bodies loaded, {} segments, {} MB) in {:.3}s",
+                rec.messages.len(),
+                loaded,
+                rec.report.segments,
+                rec.report.bytes_scanned / 1_000_000,
+                rec.report.elapsed.as_secs_f64()
+            );
+            assert_eq!(rec.messages.len() as u64, n);
+            let last = rec.messages.last().unwrap();
+            assert_eq!(j.read_body(last.id).unwrap().len(), 1024);
+            j.shutdown();
+        }
+    }
+}
+
+/// Appends `n` 1 KiB messages (lazily, flushing every 1000) and shuts down.
+fn write_backlog(j: &Journal, n: u64) {
+    let body = Bytes::from(vec![0x33u8; 1024]);
+    let t0 = Instant::now();
+    let mut id = 1;
+    while id <= n {
+        // Lazy appends in chunks of 1000 messages, then a flush.
+        for _ in 0..1000 {
+            let m = StoredMessage {
+                id,
+                destination: "/queue/backlog".into(),
+                priority: 4,
+                expires: 0,
+                timestamp: id,
+                producer: Some(ProducerSeq {
+                    producer: format!("p{}", id % 16),
+                    seq: id,
+                }),
+                headers: vec![("content-type".into(), "text/plain".into())],
+                body: Some(body.clone()),
+                body_len: 1024,
+            };
+            j.append_lazy(vec![Op::Add(m)]);
+            id += 1;
+        }
+        futures_lite_block_on(j.flush()).unwrap();
+    }
+    eprintln!(
+        "wrote {n} messages in {:.2}s ({} segments)",
+        t0.elapsed().as_secs_f64(),
+        j.stats().segments_live
+    );
+    j.shutdown();
+}
+
+/// Minimal `block_on` for the benchmark (no runtime needed: the writer
+/// thread completes the future).
+fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}

@@ -1,0 +1,717 @@
+//! The writer thread: group commit, segment roll, segment deletion, and the
+//! background pre-allocator of spare segment files.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::format::{self, OpMeta};
+use super::state::{Loc, SegmentInfo};
+use super::{io_err, lock, segment_path, Shared, StoreError};
+
+/// Largest amount of space pre-allocated for one segment.
+const MAX_PREALLOC_BYTES: u64 = 256 << 20;
+
+/// Zero-fill chunk size.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// One queued append (or flush, when `record` is empty).
+pub(super) struct Request {
+    /// The complete framed record, encoded by the caller.
+    pub record: Vec<u8>,
+    /// What the record does, for the index.
+    pub ops: Vec<OpMeta>,
+    /// Completed once the record is durable (`None` for lazy appends).
+    pub waiter: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// The submission queue (protected by `Shared::queue`).
+#[derive(Default)]
+pub(super) struct Queue {
+    /// Requests in submission order.
+    pub items: Vec<Request>,
+    /// Set by `shutdown`: no new requests are accepted.
+    pub closed: bool,
+    /// Set when the writer hit an I/O error: no new requests are accepted.
+    pub failed: Option<String>,
+    /// The writer is waiting on the condition variable (needs a notify).
+    pub writer_idle: bool,
+}
+
+/// The segment currently appended to.
+pub(super) struct Active {
+    /// Sequence number.
+    pub seq: u64,
+    /// Path of the file.
+    pub path: PathBuf,
+    /// Read/write handle; its cursor is kept at `pos`.
+    pub file: File,
+    /// End of the data written so far (next record offset).
+    pub pos: u64,
+    /// End of the header record.
+    pub header_end: u64,
+    /// Current file length (larger than `pos` when pre-allocated).
+    pub file_len: u64,
+}
+
+/// State owned by the writer thread.
+pub(super) struct Writer {
+    pub shared: Arc<Shared>,
+    pub dir: PathBuf,
+    pub dir_file: File,
+    pub segment_bytes: u64,
+    pub prealloc_bytes: u64,
+    pub epoch: u64,
+    pub lazy_interval: Duration,
+    pub active: Active,
+    pub producers: HashMap<String, u64>,
+    pub max_id: u64,
+    pub prealloc: Option<Arc<Preallocator>>,
+    /// Records written but not yet covered by an fdatasync.
+    dirty: bool,
+    /// A segment file was created or renamed since the last directory fsync.
+    dir_dirty: bool,
+    /// When dirty without waiters: fsync no later than this.
+    deadline: Option<Instant>,
+    records_since_sync: u64,
+    header_buf: Vec<u8>,
+}
+
+
+/// `write_all` for vectored writes (retries short writes and EINTR).
+fn write_all_vectored(mut w: &File, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes zeros over `[from, to)` of `file`. Returns `false` if `stop`
+/// became true before the end.
+pub(super) fn zero_fill(file: &File, from: u64, to: u64, stop: &AtomicBool) -> io::Result<bool> {
+    let zeros = vec![0u8; ZERO_CHUNK];
+    let mut off = from;
+    while off < to {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let n = (to - off).min(ZERO_CHUNK as u64) as usize;
+        file.write_all_at(&zeros[..n], off)?;
+        off += n as u64;
+    }
+    Ok(true)
+}
+
+impl Writer {
+    /// Creates the writer state around an already prepared active segment.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shared: Arc<Shared>,
+        dir: PathBuf,
+        dir_file: File,
+        segment_bytes: u64,
+        preallocate: bool,
+        epoch: u64,
+        lazy_interval: Duration,
+        active: Active,
+        producers: HashMap<String, u64>,
+        max_id: u64,
+        prealloc: Option<Arc<Preallocator>>,
+    ) -> Self {
+        Writer {
+            shared,
+            dir,
+            dir_file,
+            segment_bytes,
+            prealloc_bytes: if preallocate {
+                segment_bytes.clamp(4096, MAX_PREALLOC_BYTES).next_multiple_of(4096)
+            } else {
+                0
+            },
+            epoch,
+            lazy_interval,
+            active,
+            producers,
+            max_id,
+            prealloc,
+            dirty: false,
+            dir_dirty: false,
+            deadline: None,
+            records_since_sync: 0,
+            header_buf: Vec::new(),
+        }
+    }
+
+    /// Positions the file cursor at the end of the data (for a segment
+    /// continued after recovery).
+    pub fn seek_to_end(&mut self) -> Result<(), StoreError> {
+        let a = &mut self.active;
+        a.file
+            .seek(SeekFrom::Start(a.pos))
+            .map(|_| ())
+            .map_err(io_err("seek segment", &a.path))
+    }
+
+    /// Zero-fills the active segment up to the pre-allocation size.
+    pub fn preallocate_active(&mut self) -> Result<(), StoreError> {
+        if self.prealloc_bytes <= self.active.file_len {
+            return Ok(());
+        }
+        let never = AtomicBool::new(false);
+        zero_fill(
+            &self.active.file,
+            self.active.file_len,
+            self.prealloc_bytes,
+            &never,
+        )
+        .map_err(io_err("pre-allocate segment", &self.active.path))?;
+        self.active.file_len = self.prealloc_bytes;
+        Ok(())
+    }
+
+    /// Writes a fresh header at offset 0 of the active segment (used at open
+    /// for a segment that has none) and makes it durable.
+    pub fn write_header_in_place(&mut self) -> Result<(), StoreError> {
+        let seq = self.active.seq;
+        self.write_header(seq)?;
+        self.active
+            .file
+            .sync_all()
+            .map_err(io_err("fsync segment", &self.active.path))?;
+        self.dir_file
+            .sync_all()
+            .map_err(io_err("fsync directory", &self.dir))
+    }
+
+    /// Encodes and writes the header of segment `seq` at offset 0 of the
+    /// active file and positions the cursor after it.
+    fn write_header(&mut self, seq: u64) -> Result<(), StoreError> {
+        let mut buf = std::mem::take(&mut self.header_buf);
+        buf.clear();
+        format::put_header(
+            &mut buf,
+            seq,
+            self.epoch,
+            self.max_id.saturating_add(1),
+            self.producers.iter().map(|(p, s)| (p.as_str(), *s)),
+        );
+        let a = &mut self.active;
+        let res = a
+            .file
+            .write_all_at(&buf, 0)
+            .and_then(|()| a.file.seek(SeekFrom::Start(buf.len() as u64)).map(|_| ()));
+        res.map_err(io_err("write segment header", &a.path))?;
+        a.pos = buf.len() as u64;
+        a.header_end = a.pos;
+        a.file_len = a.file_len.max(a.pos);
+        self.shared
+            .stats
+            .bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.header_buf = buf;
+        Ok(())
+    }
+
+    /// Seals the active segment (drops its unused pre-allocated tail, makes
+    /// it durable) and starts segment `active.seq + 1`.
+    ///
+    /// With `inline_prealloc` a missing spare file is replaced by zero-filling
+    /// the new segment synchronously (used at open); otherwise the new segment
+    /// simply grows as it is written.
+    pub fn roll(&mut self, inline_prealloc: bool) -> Result<(), StoreError> {
+        // Seal: a sealed segment never ends with zeros, so recovery can treat
+        // any invalid byte in it as corruption.
+        let a = &mut self.active;
+        let was_dirty = self.dirty;
+        if a.file_len > a.pos {
+            a.file
+                .set_len(a.pos)
+                .map_err(io_err("truncate sealed segment", &a.path))?;
+            a.file_len = a.pos;
+            a.file
+                .sync_all()
+                .map_err(io_err("fsync sealed segment", &a.path))?;
+        } else if was_dirty {
+            a.file
+                .sync_data()
+                .map_err(io_err("fdatasync sealed segment", &a.path))?;
+        }
+        let seq = a.seq + 1;
+        if was_dirty {
+            // The records of the sealed segment are durable now; waiters are
+            // completed after the new segment is synced as well.
+            self.note_sync();
+        }
+
+        let path = segment_path(&self.dir, seq);
+        let spare = match &self.prealloc {
+            Some(p) => p
+                .take_as(&path)
+                .map_err(io_err("rename spare segment", &path))?,
+            None => None,
+        };
+        let (file, file_len) = match spare {
+            Some(spare) => spare,
+            None => {
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(io_err("create segment", &path))?;
+                let mut len = 0;
+                if inline_prealloc && self.prealloc_bytes > 0 {
+                    let never = AtomicBool::new(false);
+                    zero_fill(&f, 0, self.prealloc_bytes, &never)
+                        .map_err(io_err("pre-allocate segment", &path))?;
+                    len = self.prealloc_bytes;
+                }
+                (f, len)
+            }
+        };
+        tracing::debug!(segment = %path.display(), preallocated = file_len, "journal: new segment");
+        self.active = Active {
+            seq,
+            path: path.clone(),
+            file,
+            pos: 0,
+            header_end: 0,
+            file_len,
+        };
+        self.dir_dirty = true;
+        self.dirty = true;
+        self.write_header(seq)?;
+        let mut st = lock(&self.shared.state);
+        st.segments.insert(seq, SegmentInfo::new(path));
+        st.active = seq;
+        // The sealed segment may already be empty.
+        st.gc_hint = true;
+        Ok(())
+    }
+
+    /// fdatasync of the active segment (and the directory if a segment was
+    /// created since the last one).
+    fn sync(&mut self) -> Result<(), StoreError> {
+        let a = &self.active;
+        a.file
+            .sync_data()
+            .map_err(io_err("fdatasync segment", &a.path))?;
+        if self.dir_dirty {
+            self.dir_file
+                .sync_all()
+                .map_err(io_err("fsync directory", &self.dir))?;
+            self.dir_dirty = false;
+        }
+        self.note_sync();
+        self.dirty = false;
+        self.deadline = None;
+        Ok(())
+    }
+
+    /// Public form of a sync, used at open.
+    pub fn sync_now(&mut self) -> Result<(), StoreError> {
+        self.sync()
+    }
+
+    fn note_sync(&mut self) {
+        let stats = &self.shared.stats;
+        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        stats
+            .last_batch_records
+            .store(self.records_since_sync, Ordering::Relaxed);
+        self.records_since_sync = 0;
+    }
+
+    /// Writes a run of requests that all go to the active segment at the
+    /// offsets in `offs`, then applies them to the index.
+    fn write_and_apply(&mut self, run: &mut [Request], offs: &[u64]) -> Result<(), StoreError> {
+        let mut slices: Vec<IoSlice<'_>> = run
+            .iter()
+            .filter(|r| !r.record.is_empty())
+            .map(|r| IoSlice::new(&r.record))
+            .collect();
+        if slices.is_empty() {
+            return Ok(());
+        }
+        let n_records = slices.len() as u64;
+        let n_bytes: u64 = slices.iter().map(|s| s.len() as u64).sum();
+        write_all_vectored(&self.active.file, &mut slices)
+            .map_err(io_err("write records", &self.active.path))?;
+        drop(slices);
+        self.active.file_len = self.active.file_len.max(self.active.pos);
+        self.dirty = true;
+        self.records_since_sync += n_records;
+        let stats = &self.shared.stats;
+        stats.records.fetch_add(n_records, Ordering::Relaxed);
+        stats.bytes.fetch_add(n_bytes, Ordering::Relaxed);
+
+        let seg = self.active.seq;
+        let mut st = lock(&self.shared.state);
+        for (req, &rec_off) in run.iter_mut().zip(offs) {
+            let rec_len = req.record.len() as u32;
+            for op in req.ops.iter_mut() {
+                match op {
+                    OpMeta::Add {
+                        id,
+                        body_rel,
+                        body_len,
+                        producer,
+                        ..
+                    } => {
+                        let loc = Loc {
+                            seg,
+                            rec_off,
+                            rec_len,
+                            body_rel: *body_rel,
+                            body_len: *body_len,
+                            slot: 0,
+                        };
+                        if st.add(*id, loc).is_some() {
+                            tracing::warn!(id = *id, "journal: message id appended twice");
+                        }
+                        self.max_id = self.max_id.max(*id);
+                        if let Some(p) = producer.take() {
+                            match self.producers.get_mut(&p.producer) {
+                                Some(s) => *s = (*s).max(p.seq),
+                                None => {
+                                    self.producers.insert(p.producer, p.seq);
+                                }
+                            }
+                        }
+                    }
+                    OpMeta::Ack { id } => {
+                        st.ack(*id, seg);
+                    }
+                }
+            }
+        }
+        drop(st);
+        // Bodies are readable from the file now (index first, then pending:
+        // see `Journal::read_body`).
+        self.forget_pending(run);
+        Ok(())
+    }
+
+    fn forget_pending(&self, run: &[Request]) {
+        let mut pending = lock(&self.shared.pending);
+        for req in run {
+            for op in &req.ops {
+                if let OpMeta::Add { id, .. } = op {
+                    pending.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Writes one batch (group commit). Completes the waiters once an
+    /// fdatasync covers their records.
+    fn process(&mut self, batch: &mut [Request], closing: bool) -> Result<(), StoreError> {
+        let mut offs = Vec::with_capacity(batch.len());
+        let mut run_start = 0;
+        for i in 0..batch.len() {
+            let len = batch[i].record.len() as u64;
+            if len > 0
+                && self.active.pos > self.active.header_end
+                && self.active.pos + len > self.segment_bytes
+            {
+                self.write_and_apply(&mut batch[run_start..i], &offs[run_start..i])?;
+                self.roll(false)?;
+                run_start = i;
+            }
+            offs.push(self.active.pos);
+            self.active.pos += len;
+        }
+        self.write_and_apply(&mut batch[run_start..], &offs[run_start..])?;
+
+        let now = Instant::now();
+        let has_waiters = batch.iter().any(|r| r.waiter.is_some());
+        if self.dirty {
+            let due = self.deadline.is_some_and(|d| now >= d);
+            if has_waiters || closing || due {
+                self.sync()?;
+            } else if self.deadline.is_none() {
+                self.deadline = Some(now + self.lazy_interval);
+            }
+        }
+        if !self.dirty {
+            for req in batch.iter_mut() {
+                if let Some(w) = req.waiter.take() {
+                    // The receiver may be gone: the write is not cancelled.
+                    let _ = w.send(Ok(()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every deletable segment, in rounds separated by a directory
+    /// fsync so that a segment is never gone before the segments its acks
+    /// refer to are durably gone.
+    fn collect_garbage(&mut self) -> Result<(), StoreError> {
+        loop {
+            let victims: Vec<(u64, Arc<Path>)> = {
+                let mut st = lock(&self.shared.state);
+                if !st.gc_hint {
+                    return Ok(());
+                }
+                st.gc_hint = false;
+                st.deletable()
+                    .into_iter()
+                    .filter_map(|s| st.segments.get(&s).map(|i| (s, i.path.clone())))
+                    .collect()
+            };
+            if victims.is_empty() {
+                return Ok(());
+            }
+            let mut removed = Vec::with_capacity(victims.len());
+            let mut failed = Vec::new();
+            for (seq, path) in victims {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => removed.push(seq),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => removed.push(seq),
+                    Err(e) => {
+                        tracing::error!(
+                            segment = %path.display(),
+                            error = %e,
+                            "journal: cannot delete fully acknowledged segment; keeping it"
+                        );
+                        failed.push(seq);
+                    }
+                }
+            }
+            if !removed.is_empty() {
+                self.dir_file
+                    .sync_all()
+                    .map_err(io_err("fsync directory", &self.dir))?;
+            }
+            let mut st = lock(&self.shared.state);
+            for seq in &failed {
+                if let Some(info) = st.segments.get_mut(seq) {
+                    info.undeletable = true;
+                }
+            }
+            for &seq in &removed {
+                st.remove_segment(seq);
+            }
+            drop(st);
+            if !removed.is_empty() {
+                tracing::debug!(segments = ?removed, "journal: deleted acknowledged segments");
+                self.shared
+                    .stats
+                    .segments_deleted
+                    .fetch_add(removed.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Fails every request of `batch` and of the queue with `err`, and makes
+    /// the journal refuse further appends.
+    fn fail(&mut self, err: StoreError, batch: &mut Vec<Request>) {
+        let reason = err.to_string();
+        tracing::error!(error = %reason, "journal: write failed; refusing further appends");
+        let mut rest = {
+            let mut q = lock(&self.shared.queue);
+            q.failed = Some(reason);
+            std::mem::take(&mut q.items)
+        };
+        batch.append(&mut rest);
+        self.forget_pending(batch);
+        for req in batch.drain(..) {
+            if let Some(w) = req.waiter {
+                let _ = w.send(Err(err.duplicate()));
+            }
+        }
+        self.shared.stats.failed.store(true, Ordering::Relaxed);
+    }
+
+    /// The writer thread's main loop.
+    pub fn run(mut self) {
+        let mut batch: Vec<Request> = Vec::new();
+        if let Err(e) = self.collect_garbage() {
+            self.fail(e, &mut batch);
+            return;
+        }
+        loop {
+            let closing = {
+                let mut q = lock(&self.shared.queue);
+                loop {
+                    if !q.items.is_empty() || q.closed {
+                        break;
+                    }
+                    q.writer_idle = true;
+                    match self.deadline {
+                        None => {
+                            q = self
+                                .shared
+                                .queue_cv
+                                .wait(q)
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        }
+                        Some(d) => {
+                            let now = Instant::now();
+                            if now >= d {
+                                q.writer_idle = false;
+                                break;
+                            }
+                            q = self
+                                .shared
+                                .queue_cv
+                                .wait_timeout(q, d - now)
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .0;
+                        }
+                    }
+                    q.writer_idle = false;
+                }
+                std::mem::swap(&mut q.items, &mut batch);
+                q.closed
+            };
+            let res = self.process(&mut batch, closing).and_then(|()| {
+                if self.dirty {
+                    Ok(())
+                } else {
+                    self.collect_garbage()
+                }
+            });
+            if let Err(e) = res {
+                self.fail(e, &mut batch);
+                return;
+            }
+            batch.clear();
+            if closing {
+                // `closed` was set before this batch was taken, so nothing
+                // can have been queued after it; `process` synced.
+                tracing::debug!("journal: writer stopped");
+                return;
+            }
+        }
+    }
+}
+
+/// Prepares one zero-filled, fsynced spare segment file ahead of time so the
+/// writer's fdatasyncs overwrite allocated blocks instead of growing the
+/// file (which costs an extra metadata journal commit per fdatasync).
+pub(super) struct Preallocator {
+    path: PathBuf,
+    size: u64,
+    st: Mutex<PreState>,
+    cv: Condvar,
+    stop: AtomicBool,
+}
+
+#[derive(Default)]
+struct PreState {
+    want: bool,
+    ready: Option<File>,
+    stopped: bool,
+}
+
+impl Preallocator {
+    /// A pre-allocator of `size`-byte spare files at `path`.
+    pub fn new(path: PathBuf, size: u64) -> Self {
+        Preallocator {
+            path,
+            size: size.clamp(4096, MAX_PREALLOC_BYTES).next_multiple_of(4096),
+            st: Mutex::new(PreState {
+                want: true,
+                ..PreState::default()
+            }),
+            cv: Condvar::new(),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// Renames the ready spare file, if any, to `dest` and asks for the next
+    /// one. Returns the file and its length.
+    pub fn take_as(&self, dest: &Path) -> io::Result<Option<(File, u64)>> {
+        let mut st = lock(&self.st);
+        let Some(f) = st.ready.take() else {
+            st.want = true;
+            self.cv.notify_one();
+            return Ok(None);
+        };
+        // Renamed under the lock: the thread must not start the next spare
+        // (same path) before this one is gone.
+        std::fs::rename(&self.path, dest)?;
+        st.want = true;
+        self.cv.notify_one();
+        Ok(Some((f, self.size)))
+    }
+
+    /// Stops the thread (it finishes or abandons the current file).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut st = lock(&self.st);
+        st.stopped = true;
+        self.cv.notify_one();
+    }
+
+    /// Removes a left-over spare file.
+    pub fn remove_spare(&self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(file = %self.path.display(), error = %e, "journal: cannot remove spare segment");
+            }
+        }
+    }
+
+    fn build(&self) -> io::Result<Option<File>> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&self.path)?;
+        if !zero_fill(&f, 0, self.size, &self.stop)? {
+            return Ok(None);
+        }
+        f.sync_all()?;
+        Ok(Some(f))
+    }
+
+    /// The pre-allocator thread's main loop.
+    pub fn run(self: Arc<Self>) {
+        loop {
+            {
+                let mut st = lock(&self.st);
+                while !st.stopped && !(st.want && st.ready.is_none()) {
+                    st = self
+                        .cv
+                        .wait(st)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                if st.stopped {
+                    return;
+                }
+                st.want = false;
+            }
+            match self.build() {
+                Ok(Some(f)) => {
+                    let mut st = lock(&self.st);
+                    if st.stopped {
+                        return;
+                    }
+                    st.ready = Some(f);
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    // Not fatal: segments then grow as they are written.
+                    tracing::warn!(file = %self.path.display(), error = %e, "journal: cannot pre-allocate segment");
+                }
+            }
+        }
+    }
+}

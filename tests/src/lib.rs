@@ -1,0 +1,12 @@
+//! fabricmq's test harness: real broker processes, in-process brokers and a raw STOMP client.
+//!
+//! - [`process`]: starts the real `mq-broker` binary on a loopback port with a temporary data
+//!   directory, waits for it to be listening (its ready file, never a fixed sleep), and can
+//!   SIGKILL, SIGTERM, SIGSTOP/SIGCONT and restart it. Logs are kept per process and printed when a
+//!   test fails; a test fails if a broker panicked. Processes are killed and reaped on drop, by PID.
+//! - [`inproc`]: a broker served inside the test process (for dispatch semantics).
+//! - [`raw`]: a STOMP connection that shows exactly what the broker sends.
+
+pub mod inproc;
+pub mod process;
+pub mod raw;

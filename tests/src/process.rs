@@ -1,0 +1,194 @@
+//! Real `mq-broker` processes for tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Path of a workspace binary (`mq-broker`, `mq-client`): `$MQ_BIN_DIR/<name>` if set, else next
+/// to the test executable's profile directory (`target/<profile>/<name>`).
+pub fn binary(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("MQ_BIN_DIR") {
+        return Path::new(&dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let p = profile_dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not found: build the binaries first (`cargo build --workspace --bins`)",
+        p.display()
+    );
+    p
+}
+
+/// How to start a broker.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerOptions {
+    /// Data directory; a fresh temporary one when `None`.
+    pub data_dir: Option<PathBuf>,
+    /// Listener URL; `stomp://127.0.0.1:0` (a free port) when `None`.
+    pub listen: Option<String>,
+    /// More command-line arguments.
+    pub args: Vec<String>,
+    /// Environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// A running `mq-broker` process. Killed (SIGKILL) and reaped on drop.
+pub struct BrokerProcess {
+    child: Option<Child>,
+    /// Where its logs go.
+    pub log: PathBuf,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its first listener.
+    pub addr: SocketAddr,
+    /// Keeps temporary directories alive.
+    _work: Arc<tempfile::TempDir>,
+}
+
+impl BrokerProcess {
+    /// Starts a broker and waits until it listens (at most 20 s).
+    pub async fn start(opts: BrokerOptions) -> anyhow::Result<BrokerProcess> {
+        let work = Arc::new(tempfile::tempdir().context("temp dir")?);
+        Self::start_in(work, opts).await
+    }
+
+    /// Starts a broker keeping its files in `work` (shared with a previous run to restart it).
+    pub async fn start_in(
+        work: Arc<tempfile::TempDir>,
+        opts: BrokerOptions,
+    ) -> anyhow::Result<BrokerProcess> {
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| work.path().join("data"));
+        let n = std::fs::read_dir(work.path()).map(|d| d.count()).unwrap_or(0);
+        let log = work.path().join(format!("broker-{n}.log"));
+        let ready = work.path().join(format!("ready-{n}.json"));
+        let listen = opts
+            .listen
+            .clone()
+            .unwrap_or_else(|| "stomp://127.0.0.1:0".into());
+        let logf = std::fs::File::create(&log).context("log file")?;
+        let mut cmd = Command::new(binary("mq-broker"));
+        cmd.arg("--listen")
+            .arg(&listen)
+            .arg("--data")
+            .arg(&data_dir)
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(&opts.args)
+            .env("RUST_LOG", std::env::var("BROKER_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf);
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().context("spawning mq-broker")?;
+        let mut p = BrokerProcess {
+            child: Some(child),
+            log,
+            data_dir,
+            addr: "127.0.0.1:0".parse().expect("literal"),
+            _work: work,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                let v: serde_json::Value = serde_json::from_str(&text)?;
+                let first = v["listeners"][0]
+                    .as_str()
+                    .context("ready file lists no listener")?;
+                p.addr = first.trim_start_matches("stomp://").parse()?;
+                return Ok(p);
+            }
+            if let Some(status) = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("mq-broker exited with {status} before listening:\n{}", p.log_text());
+            }
+            if Instant::now() > deadline {
+                bail!("mq-broker not listening after 20s:\n{}", p.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The work directory (pass to [`BrokerProcess::start_in`] to restart on the same files).
+    pub fn work(&self) -> Arc<tempfile::TempDir> {
+        self._work.clone()
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends a signal to this process (only this PID).
+    pub fn signal(&self, sig: Signal) -> anyhow::Result<()> {
+        let pid = self.pid().context("process already reaped")?;
+        kill(Pid::from_raw(pid as i32), sig).context("kill")?;
+        Ok(())
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for exit (at most `timeout`); returns the exit code.
+    pub async fn terminate(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        self.signal(Signal::SIGTERM)?;
+        self.wait_exit(timeout).await
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut().context("already reaped")?;
+            if let Some(status) = c.try_wait()? {
+                self.child = None;
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                bail!("broker still running after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails if the broker's log shows a panic.
+    pub fn assert_no_panic(&self) {
+        let log = self.log_text();
+        assert!(!log.contains("panicked at"), "broker panicked:\n{log}");
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill();
+        let log = self.log_text();
+        if std::thread::panicking() || log.contains("panicked at") {
+            eprintln!("---- {} ----\n{log}---- end of log ----", self.log.display());
+        }
+    }
+}
