@@ -16,6 +16,7 @@ pub struct Raw {
     dec: Decoder,
     /// The CONNECTED frame (after [`Raw::connect`]).
     pub connected: Frame,
+    puts: u64,
 }
 
 /// How long `recv` waits for a frame.
@@ -30,6 +31,7 @@ impl Raw {
             buf: BytesMut::new(),
             dec: Decoder::new(FrameLimits::default()),
             connected: Frame::new(Command::Connected),
+            puts: 0,
         }
     }
 
@@ -121,7 +123,8 @@ impl Raw {
         for (k, v) in extra {
             f.push(*k, *v);
         }
-        let id = format!("put-{body}");
+        self.puts += 1;
+        let id = format!("put-{}", self.puts);
         self.with_receipt(f, &id).await;
     }
 
