@@ -242,7 +242,9 @@ impl Broker {
         let mut map = self.producers.lock().unwrap_or_else(|p| p.into_inner());
         match map.get_mut(&p.producer) {
             Some(high) if p.seq <= *high => {
-                self.stats.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .duplicates_dropped
+                    .fetch_add(1, Ordering::Relaxed);
                 Dedup::Duplicate
             }
             Some(high) => {
@@ -311,10 +313,8 @@ impl Broker {
                     body,
                 };
                 if msg.persistent {
-                    self.journal.append_lazy(vec![
-                        Op::Add(moved.to_stored()),
-                        Op::Ack { id: msg.id },
-                    ]);
+                    self.journal
+                        .append_lazy(vec![Op::Add(moved.to_stored()), Op::Ack { id: msg.id }]);
                 } else {
                     self.ctx.forget(&[&msg]);
                 }

@@ -60,9 +60,7 @@ impl FromStr for ByteSize {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(s.len());
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         let n: u64 = num
             .parse()
@@ -87,7 +85,7 @@ impl Serialize for ByteSize {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let v = self.0;
         for (unit, m) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if v >= m && v % m == 0 {
+            if v >= m && v.is_multiple_of(m) {
                 return s.serialize_str(&format!("{}{unit}", v / m));
             }
         }
@@ -399,10 +397,7 @@ impl Destinations {
             persistent: r.persistent.or(d.persistent).unwrap_or(true),
             max_redeliveries: r.max_redeliveries.or(d.max_redeliveries).unwrap_or(6),
             prefetch: r.prefetch.or(d.prefetch).unwrap_or(1000),
-            expired: r
-                .expired
-                .or(d.expired)
-                .unwrap_or(ExpiredAction::DeadLetter),
+            expired: r.expired.or(d.expired).unwrap_or(ExpiredAction::DeadLetter),
             dead_letter_prefix: r
                 .dead_letter_prefix
                 .or_else(|| d.dead_letter_prefix.clone())
@@ -473,7 +468,10 @@ impl BrokerConfig {
             .listen
             .iter()
             .enumerate()
-            .map(|(i, l)| l.parse().map_err(|e: String| invalid(format!("listen[{i}]"), e)))
+            .map(|(i, l)| {
+                l.parse()
+                    .map_err(|e: String| invalid(format!("listen[{i}]"), e))
+            })
             .collect::<Result<_, _>>()?;
         let l = &self.limits;
         if l.max_connections == 0 {
@@ -489,10 +487,16 @@ impl BrokerConfig {
             return Err(invalid("limits.max_headers", "must be at least 1"));
         }
         if l.max_header_line.0 < 64 {
-            return Err(invalid("limits.max_header_line", "must be at least 64 bytes"));
+            return Err(invalid(
+                "limits.max_header_line",
+                "must be at least 64 bytes",
+            ));
         }
         if l.max_pending_bytes.0 < 64 * 1024 {
-            return Err(invalid("limits.max_pending_bytes", "must be at least 64KiB"));
+            return Err(invalid(
+                "limits.max_pending_bytes",
+                "must be at least 64KiB",
+            ));
         }
         if l.connect_timeout.0.is_zero() {
             return Err(invalid("limits.connect_timeout", "must be more than 0s"));

@@ -149,15 +149,24 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let span = tracing::info_span!("conn", conn_id, %peer, login = tracing::field::Empty);
     async move {
         let _ = stream.set_nodelay(true);
-        broker.stats.connections_total.fetch_add(1, Ordering::Relaxed);
-        broker.stats.connections_open.fetch_add(1, Ordering::Relaxed);
+        broker
+            .stats
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
+        broker
+            .stats
+            .connections_open
+            .fetch_add(1, Ordering::Relaxed);
         debug!("connection accepted");
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
         let mut conn = Conn::new(broker.clone(), conn_id, rd, wr, tx, rx);
         conn.run().await;
         conn.cleanup();
-        broker.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
+        broker
+            .stats
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
         debug!("connection closed");
     }
     .instrument(span)
@@ -463,17 +472,21 @@ impl Conn {
         let passcode = frame.get("passcode").map(str::to_string);
         let auth = self.broker.auth.clone();
         let login2 = login.clone();
-        let principal =
-            tokio::task::spawn_blocking(move || auth.authenticate(login2.as_deref(), passcode.as_deref()))
-                .await
-                .ok()
-                .flatten();
+        let principal = tokio::task::spawn_blocking(move || {
+            auth.authenticate(login2.as_deref(), passcode.as_deref())
+        })
+        .await
+        .ok()
+        .flatten();
         let Some(principal) = principal else {
             self.broker
                 .stats
                 .auth_failures
                 .fetch_add(1, Ordering::Relaxed);
-            warn!(login = login.as_deref().unwrap_or(""), "authentication failed");
+            warn!(
+                login = login.as_deref().unwrap_or(""),
+                "authentication failed"
+            );
             self.fail(ConnError::new(
                 "authentication failed",
                 "the login or passcode is wrong",
@@ -822,7 +835,12 @@ impl Conn {
         let id = match f.get("id") {
             Some(id) => id.to_string(),
             None if self.version == Version::V1_0 => destination.clone(),
-            None => return Err(ConnError::new("missing header", "SUBSCRIBE needs an id header").with_receipt(&f)),
+            None => {
+                return Err(
+                    ConnError::new("missing header", "SUBSCRIBE needs an id header")
+                        .with_receipt(&f),
+                )
+            }
         };
         if self.subs.contains_key(&id) {
             return Err(ConnError::new(
@@ -857,7 +875,13 @@ impl Conn {
             return Ok(());
         }
         let prefetch = match f.get("prefetch").or_else(|| f.get("activemq.prefetchSize")) {
-            None => self.broker.config.destinations.policy_for(&destination).prefetch,
+            None => {
+                self.broker
+                    .config
+                    .destinations
+                    .policy_for(&destination)
+                    .prefetch
+            }
             Some(v) => match v.parse::<u32>() {
                 Ok(p) if p > 0 => p,
                 _ => {
@@ -909,7 +933,12 @@ impl Conn {
             Some(id) => id.to_string(),
             None => match (self.version, f.get("destination")) {
                 (Version::V1_0, Some(d)) => d.to_string(),
-                _ => return Err(ConnError::new("missing header", "UNSUBSCRIBE needs an id header").with_receipt(&f)),
+                _ => {
+                    return Err(
+                        ConnError::new("missing header", "UNSUBSCRIBE needs an id header")
+                            .with_receipt(&f),
+                    )
+                }
             },
         };
         let Some(sub) = self.subs.remove(&id) else {
@@ -959,7 +988,8 @@ impl Conn {
             }
         } else {
             let mid = f.get("message-id").or_else(|| f.get("id")).ok_or_else(|| {
-                ConnError::new("missing header", "ACK/NACK needs id (1.2) or message-id").with_receipt(f)
+                ConnError::new("missing header", "ACK/NACK needs id (1.2) or message-id")
+                    .with_receipt(f)
             })?;
             let wanted_sub = f.get("subscription");
             let found = self
@@ -1253,10 +1283,7 @@ fn required<'a>(f: &'a Frame, name: &str) -> Result<&'a str, ConnError> {
 }
 
 fn unknown_tx(tx: &str) -> ConnError {
-    ConnError::new(
-        "unknown transaction",
-        format!("no open transaction {tx:?}"),
-    )
+    ConnError::new("unknown transaction", format!("no open transaction {tx:?}"))
 }
 
 /// Validates a destination name; true for a queue, false for a topic.
@@ -1274,7 +1301,9 @@ fn check_destination(d: &str) -> Result<bool, ConnError> {
     if name.is_empty() || name.len() > 200 || name.chars().any(|c| c.is_control() || c == ' ') {
         return Err(ConnError::new(
             "invalid destination",
-            format!("{d:?}: the name must be 1-200 characters without spaces or control characters"),
+            format!(
+                "{d:?}: the name must be 1-200 characters without spaces or control characters"
+            ),
         ));
     }
     Ok(is_queue)

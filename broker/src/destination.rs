@@ -325,7 +325,9 @@ impl Queue {
             }
             out.acked += 1;
         }
-        self.stats.acked.fetch_add(out.acked as u64, Ordering::Relaxed);
+        self.stats
+            .acked
+            .fetch_add(out.acked as u64, Ordering::Relaxed);
         if journal && !out.persistent.is_empty() {
             self.ctx
                 .journal
@@ -479,7 +481,9 @@ impl Queue {
 
     fn self_arc(&self) -> Arc<Queue> {
         // `self` is alive, so the Arc it lives in is too.
-        self.me.upgrade().expect("a live queue upgrades its own Weak")
+        self.me
+            .upgrade()
+            .expect("a live queue upgrades its own Weak")
     }
 }
 

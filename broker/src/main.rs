@@ -13,7 +13,12 @@ use tracing::{info, warn};
 
 /// A fabricmq STOMP broker.
 #[derive(Parser, Debug)]
-#[command(name = "mq-broker", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "mq-broker",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -127,7 +132,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         warn!("cannot install signal handlers");
         return;
     };

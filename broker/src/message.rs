@@ -53,7 +53,11 @@ impl Message {
 
     /// Bytes this message holds in memory (body plus an estimate of headers).
     pub fn memory_bytes(&self) -> u64 {
-        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len() + 32).sum();
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 32)
+            .sum();
         let body = self.body.as_ref().map_or(0, |b| b.len());
         (body + headers + 160) as u64
     }

@@ -35,9 +35,15 @@ pub struct PatternError {
 }
 
 fn split_kind(s: &str) -> (Kind, &str) {
-    if let Some(rest) = s.strip_prefix("/queue/").or_else(|| s.strip_prefix("queue://")) {
+    if let Some(rest) = s
+        .strip_prefix("/queue/")
+        .or_else(|| s.strip_prefix("queue://"))
+    {
         (Kind::Queue, rest)
-    } else if let Some(rest) = s.strip_prefix("/topic/").or_else(|| s.strip_prefix("topic://")) {
+    } else if let Some(rest) = s
+        .strip_prefix("/topic/")
+        .or_else(|| s.strip_prefix("topic://"))
+    {
         (Kind::Topic, rest)
     } else {
         (Kind::Any, s)

@@ -105,7 +105,10 @@ impl Started {
 }
 
 /// Opens the store, loads users and binds the listeners.
-pub async fn start(config: BrokerConfig, shutdown: CancellationToken) -> Result<Started, StartError> {
+pub async fn start(
+    config: BrokerConfig,
+    shutdown: CancellationToken,
+) -> Result<Started, StartError> {
     let started = Instant::now();
     let config = Arc::new(config);
     let auth = Authenticator::load(

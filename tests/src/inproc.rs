@@ -72,4 +72,3 @@ impl TestBroker {
         Raw::connect(self.addr, "admin", "admin").await
     }
 }
-

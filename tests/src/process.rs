@@ -73,7 +73,9 @@ impl BrokerProcess {
             .data_dir
             .clone()
             .unwrap_or_else(|| work.path().join("data"));
-        let n = std::fs::read_dir(work.path()).map(|d| d.count()).unwrap_or(0);
+        let n = std::fs::read_dir(work.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
         let log = work.path().join(format!("broker-{n}.log"));
         let ready = work.path().join(format!("ready-{n}.json"));
         let listen = opts
@@ -89,7 +91,10 @@ impl BrokerProcess {
             .arg("--ready-file")
             .arg(&ready)
             .args(&opts.args)
-            .env("RUST_LOG", std::env::var("BROKER_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("BROKER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)
             .stderr(logf);
@@ -115,7 +120,10 @@ impl BrokerProcess {
                 return Ok(p);
             }
             if let Some(status) = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("mq-broker exited with {status} before listening:\n{}", p.log_text());
+                bail!(
+                    "mq-broker exited with {status} before listening:\n{}",
+                    p.log_text()
+                );
             }
             if Instant::now() > deadline {
                 bail!("mq-broker not listening after 20s:\n{}", p.log_text());
@@ -188,7 +196,10 @@ impl Drop for BrokerProcess {
         self.kill();
         let log = self.log_text();
         if std::thread::panicking() || log.contains("panicked at") {
-            eprintln!("---- {} ----\n{log}---- end of log ----", self.log.display());
+            eprintln!(
+                "---- {} ----\n{log}---- end of log ----",
+                self.log.display()
+            );
         }
     }
 }

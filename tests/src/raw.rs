@@ -91,7 +91,10 @@ impl Raw {
 
     /// Expects a frame of `cmd`.
     pub async fn expect(&mut self, cmd: Command) -> Frame {
-        let f = self.recv().await.unwrap_or_else(|| panic!("expected {cmd:?}, got nothing"));
+        let f = self
+            .recv()
+            .await
+            .unwrap_or_else(|| panic!("expected {cmd:?}, got nothing"));
         assert_eq!(f.command, cmd, "unexpected frame {f:?}");
         f
     }
@@ -106,7 +109,10 @@ impl Raw {
         self.send(f.header("receipt", id)).await;
         let mut before = Vec::new();
         loop {
-            let f = self.recv().await.unwrap_or_else(|| panic!("no receipt {id}"));
+            let f = self
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("no receipt {id}"));
             if f.command == Command::Receipt && f.get("receipt-id") == Some(id) {
                 return before;
             }

@@ -19,7 +19,8 @@ fn persistent(dest: &str, body: String, receipt: &str) -> Frame {
 /// after the last message), returning the bodies.
 async fn drain(addr: std::net::SocketAddr, dest: &str, expect: usize) -> Vec<String> {
     let mut c = Raw::connect(addr, "admin", "admin").await;
-    c.subscribe("s", dest, "client-individual", &[("prefetch", "500")]).await;
+    c.subscribe("s", dest, "client-individual", &[("prefetch", "500")])
+        .await;
     let mut got = Vec::new();
     while got.len() < expect {
         let Some(m) = c.recv().await else { break };
@@ -31,17 +32,23 @@ async fn drain(addr: std::net::SocketAddr, dest: &str, expect: usize) -> Vec<Str
     for f in c.barrier().await {
         got.push(body(&f));
     }
-    assert!(c.quiet_for(Duration::from_millis(300)).await, "unexpected extra message");
+    assert!(
+        c.quiet_for(Duration::from_millis(300)).await,
+        "unexpected extra message"
+    );
     got
 }
 
 #[tokio::test]
 async fn receipted_messages_survive_sigkill_exactly() {
     const N: usize = 1000;
-    let mut b = BrokerProcess::start(BrokerOptions::default()).await.unwrap();
+    let mut b = BrokerProcess::start(BrokerOptions::default())
+        .await
+        .unwrap();
     let mut p = Raw::connect(b.addr, "admin", "admin").await;
     for i in 0..N {
-        p.send(persistent("/queue/kill", format!("m{i}"), &format!("r{i}"))).await;
+        p.send(persistent("/queue/kill", format!("m{i}"), &format!("r{i}")))
+            .await;
     }
     for i in 0..N {
         let r = p.expect(Command::Receipt).await;
@@ -60,14 +67,21 @@ async fn receipted_messages_survive_sigkill_exactly() {
 #[tokio::test]
 async fn kill_during_a_stream_loses_nothing_receipted_and_invents_nothing() {
     const N: usize = 3000;
-    let mut b = BrokerProcess::start(BrokerOptions::default()).await.unwrap();
+    let mut b = BrokerProcess::start(BrokerOptions::default())
+        .await
+        .unwrap();
     let mut p = Raw::connect(b.addr, "admin", "admin").await;
     let sender = {
         let mut s = Raw::connect(b.addr, "admin", "admin").await;
         tokio::spawn(async move {
             // Pipelined on a second connection so the kill lands mid-stream.
             for i in 0..N {
-                s.send(persistent("/queue/midkill", format!("m{i}"), &format!("r{i}"))).await;
+                s.send(persistent(
+                    "/queue/midkill",
+                    format!("m{i}"),
+                    &format!("r{i}"),
+                ))
+                .await;
             }
             s
         })
@@ -77,20 +91,33 @@ async fn kill_during_a_stream_loses_nothing_receipted_and_invents_nothing() {
     let mut receipted = HashSet::new();
     while receipted.len() < N / 3 {
         let r = s.expect(Command::Receipt).await;
-        receipted.insert(r.get("receipt-id").unwrap().trim_start_matches('r').to_string());
+        receipted.insert(
+            r.get("receipt-id")
+                .unwrap()
+                .trim_start_matches('r')
+                .to_string(),
+        );
     }
     b.kill();
     // Receipts already on the wire before the kill count too.
     while let Some(r) = s.recv_within(Duration::from_millis(200)).await {
         if r.command == Command::Receipt {
-            receipted.insert(r.get("receipt-id").unwrap().trim_start_matches('r').to_string());
+            receipted.insert(
+                r.get("receipt-id")
+                    .unwrap()
+                    .trim_start_matches('r')
+                    .to_string(),
+            );
         }
     }
     let b2 = BrokerProcess::start_in(b.work(), BrokerOptions::default())
         .await
         .unwrap();
     let got = drain(b2.addr, "/queue/midkill", N).await;
-    let got_set: HashSet<String> = got.iter().map(|m| m.trim_start_matches('m').to_string()).collect();
+    let got_set: HashSet<String> = got
+        .iter()
+        .map(|m| m.trim_start_matches('m').to_string())
+        .collect();
     assert_eq!(got_set.len(), got.len(), "duplicates after recovery");
     for r in &receipted {
         assert!(got_set.contains(r), "receipted message m{r} lost");
@@ -101,17 +128,27 @@ async fn kill_during_a_stream_loses_nothing_receipted_and_invents_nothing() {
     }
     // Order is the send order.
     let idx: Vec<usize> = got.iter().map(|m| m[1..].parse().unwrap()).collect();
-    assert!(idx.windows(2).all(|w| w[0] < w[1]), "recovered out of order");
-    eprintln!("sent {N}, receipted before kill {}, recovered {}", receipted.len(), got.len());
+    assert!(
+        idx.windows(2).all(|w| w[0] < w[1]),
+        "recovered out of order"
+    );
+    eprintln!(
+        "sent {N}, receipted before kill {}, recovered {}",
+        receipted.len(),
+        got.len()
+    );
     b2.assert_no_panic();
 }
 
 #[tokio::test]
 async fn sigterm_finishes_in_flight_receipts_and_exits_cleanly() {
-    let mut b = BrokerProcess::start(BrokerOptions::default()).await.unwrap();
+    let mut b = BrokerProcess::start(BrokerOptions::default())
+        .await
+        .unwrap();
     let mut p = Raw::connect(b.addr, "admin", "admin").await;
     for i in 0..200 {
-        p.send(persistent("/queue/term", format!("m{i}"), &format!("r{i}"))).await;
+        p.send(persistent("/queue/term", format!("m{i}"), &format!("r{i}")))
+            .await;
     }
     let last = p.expect(Command::Receipt).await;
     assert_eq!(last.get("receipt-id"), Some("r0"));
@@ -135,7 +172,9 @@ async fn sigterm_finishes_in_flight_receipts_and_exits_cleanly() {
 
 #[tokio::test]
 async fn malformed_input_on_one_connection_leaves_the_others_working() {
-    let b = BrokerProcess::start(BrokerOptions::default()).await.unwrap();
+    let b = BrokerProcess::start(BrokerOptions::default())
+        .await
+        .unwrap();
     let mut consumer = Raw::connect(b.addr, "admin", "admin").await;
     consumer.subscribe("s", "/queue/robust", "auto", &[]).await;
     let garbage: [&[u8]; 5] = [
@@ -189,7 +228,11 @@ async fn logins_are_checked_against_the_users_file() {
     let hash = String::from_utf8(out.stdout).unwrap();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     let users = dir.path().join("users.toml");
-    std::fs::write(&users, format!("[users.app]\npassword = \"{}\"\n", hash.trim())).unwrap();
+    std::fs::write(
+        &users,
+        format!("[users.app]\npassword = \"{}\"\n", hash.trim()),
+    )
+    .unwrap();
     let b = BrokerProcess::start(BrokerOptions {
         args: vec!["--users".into(), users.display().to_string()],
         ..Default::default()
@@ -218,7 +261,9 @@ async fn logins_are_checked_against_the_users_file() {
 
 #[tokio::test]
 async fn default_credentials_are_announced_in_the_log() {
-    let b = BrokerProcess::start(BrokerOptions::default()).await.unwrap();
+    let b = BrokerProcess::start(BrokerOptions::default())
+        .await
+        .unwrap();
     let _c = Raw::connect(b.addr, "admin", "admin").await;
     assert!(b.log_text().contains("default login admin/admin"));
 }

@@ -1,13 +1,11 @@
 //! Dispatch semantics over real TCP against an in-process broker: ack modes, NACK, redelivery,
 //! dead-letters, expiry, priority, prefetch, transactions, de-duplication, browsing, topics.
 
-
-
 use std::time::Duration;
 
-use fabricmq_tests::raw::{body, Raw};
-use fabricmq_tests::inproc::TestBroker;
 use fabricmq_stomp::{Command, Frame};
+use fabricmq_tests::inproc::TestBroker;
+use fabricmq_tests::raw::{body, Raw};
 
 fn send(dest: &str, body: &str) -> Frame {
     Frame::new(Command::Send)
@@ -21,8 +19,20 @@ async fn queue_consumers_compete_fairly_within_prefetch() {
     let mut p = b.client().await;
     let mut c1 = b.client().await;
     let mut c2 = b.client().await;
-    c1.subscribe("s", "/queue/fair", "client-individual", &[("prefetch", "1")]).await;
-    c2.subscribe("s", "/queue/fair", "client-individual", &[("prefetch", "1")]).await;
+    c1.subscribe(
+        "s",
+        "/queue/fair",
+        "client-individual",
+        &[("prefetch", "1")],
+    )
+    .await;
+    c2.subscribe(
+        "s",
+        "/queue/fair",
+        "client-individual",
+        &[("prefetch", "1")],
+    )
+    .await;
     for i in 0..4 {
         p.put("/queue/fair", &format!("m{i}"), &[]).await;
     }
@@ -74,7 +84,8 @@ async fn client_ack_is_cumulative_and_unacked_are_redelivered_on_close() {
     c.barrier().await;
     drop(c);
     let mut c = b.client().await;
-    c.subscribe("s", "/queue/cum", "client-individual", &[]).await;
+    c.subscribe("s", "/queue/cum", "client-individual", &[])
+        .await;
     let m4 = c.expect(Command::Message).await;
     let m5 = c.expect(Command::Message).await;
     assert_eq!((body(&m4).as_str(), body(&m5).as_str()), ("m4", "m5"));
@@ -92,7 +103,8 @@ async fn client_individual_acks_only_the_named_message() {
         p.put("/queue/ind", &format!("m{i}"), &[]).await;
     }
     let mut c = b.client().await;
-    c.subscribe("s", "/queue/ind", "client-individual", &[]).await;
+    c.subscribe("s", "/queue/ind", "client-individual", &[])
+        .await;
     let _m1 = c.expect(Command::Message).await;
     let m2 = c.expect(Command::Message).await;
     let _m3 = c.expect(Command::Message).await;
@@ -135,7 +147,8 @@ async fn nack_redelivers_then_dead_letters_past_the_limit() {
     let mut p = b.client().await;
     p.put("/queue/poison", "bad", &[("x-app", "1")]).await;
     let mut c = b.client().await;
-    c.subscribe("s", "/queue/poison", "client-individual", &[]).await;
+    c.subscribe("s", "/queue/poison", "client-individual", &[])
+        .await;
     let m = c.expect(Command::Message).await;
     c.nack(&m).await;
     let m = c.expect(Command::Message).await;
@@ -157,11 +170,13 @@ async fn nack_redelivers_then_dead_letters_past_the_limit() {
 #[tokio::test]
 async fn expired_messages_are_never_delivered() {
     let b = TestBroker::start_with(|c| {
-        c.destinations.policies.push(fabricmq_broker::config::DestinationPolicy {
-            pattern: Some("queue://drop.>".into()),
-            expired: Some(fabricmq_broker::config::ExpiredAction::Drop),
-            ..Default::default()
-        });
+        c.destinations
+            .policies
+            .push(fabricmq_broker::config::DestinationPolicy {
+                pattern: Some("queue://drop.>".into()),
+                expired: Some(fabricmq_broker::config::ExpiredAction::Drop),
+                ..Default::default()
+            });
     })
     .await;
     let mut p = b.client().await;
@@ -186,7 +201,13 @@ async fn expired_messages_are_never_delivered() {
 async fn higher_priority_first_then_arrival_order() {
     let b = TestBroker::start().await;
     let mut p = b.client().await;
-    for (body, prio) in [("a1", "1"), ("b9", "9"), ("c5", "5"), ("d9", "9"), ("e", "4")] {
+    for (body, prio) in [
+        ("a1", "1"),
+        ("b9", "9"),
+        ("c5", "5"),
+        ("d9", "9"),
+        ("e", "4"),
+    ] {
         p.put("/queue/prio", body, &[("priority", prio)]).await;
     }
     let mut c = b.client().await;
@@ -203,23 +224,35 @@ async fn higher_priority_first_then_arrival_order() {
 async fn transactions_apply_at_commit_and_vanish_on_abort() {
     let b = TestBroker::start().await;
     let mut c = b.client().await;
-    c.subscribe("s", "/queue/tx", "client-individual", &[]).await;
+    c.subscribe("s", "/queue/tx", "client-individual", &[])
+        .await;
     let mut p = b.client().await;
-    p.send(Frame::new(Command::Begin).header("transaction", "t1")).await;
-    p.send(send("/queue/tx", "in-t1").header("transaction", "t1")).await;
-    p.send(Frame::new(Command::Begin).header("transaction", "t2")).await;
-    p.send(send("/queue/tx", "in-t2").header("transaction", "t2")).await;
+    p.send(Frame::new(Command::Begin).header("transaction", "t1"))
+        .await;
+    p.send(send("/queue/tx", "in-t1").header("transaction", "t1"))
+        .await;
+    p.send(Frame::new(Command::Begin).header("transaction", "t2"))
+        .await;
+    p.send(send("/queue/tx", "in-t2").header("transaction", "t2"))
+        .await;
     p.barrier().await;
-    assert!(c.quiet_for(Duration::from_millis(200)).await, "uncommitted send visible");
+    assert!(
+        c.quiet_for(Duration::from_millis(200)).await,
+        "uncommitted send visible"
+    );
     p.with_receipt(Frame::new(Command::Abort).header("transaction", "t2"), "a")
         .await;
     p.with_receipt(Frame::new(Command::Commit).header("transaction", "t1"), "c")
         .await;
     let m = c.expect(Command::Message).await;
     assert_eq!(body(&m), "in-t1");
-    assert!(c.quiet_for(Duration::from_millis(200)).await, "aborted send delivered");
+    assert!(
+        c.quiet_for(Duration::from_millis(200)).await,
+        "aborted send delivered"
+    );
     // An ACK inside an aborted transaction leaves the message unacknowledged.
-    c.send(Frame::new(Command::Begin).header("transaction", "ta")).await;
+    c.send(Frame::new(Command::Begin).header("transaction", "ta"))
+        .await;
     c.send(
         Frame::new(Command::Ack)
             .header("id", m.get("ack").unwrap())
@@ -230,19 +263,24 @@ async fn transactions_apply_at_commit_and_vanish_on_abort() {
         .await;
     drop(c);
     let mut c = b.client().await;
-    c.subscribe("s", "/queue/tx", "client-individual", &[]).await;
+    c.subscribe("s", "/queue/tx", "client-individual", &[])
+        .await;
     let m = c.expect(Command::Message).await;
     assert_eq!(m.get("redelivered"), Some("true"));
     // An ACK inside a committed transaction settles it.
-    c.send(Frame::new(Command::Begin).header("transaction", "tc")).await;
+    c.send(Frame::new(Command::Begin).header("transaction", "tc"))
+        .await;
     c.send(
         Frame::new(Command::Ack)
             .header("id", m.get("ack").unwrap())
             .header("transaction", "tc"),
     )
     .await;
-    c.with_receipt(Frame::new(Command::Commit).header("transaction", "tc"), "cc")
-        .await;
+    c.with_receipt(
+        Frame::new(Command::Commit).header("transaction", "tc"),
+        "cc",
+    )
+    .await;
     drop(c);
     let mut c = b.client().await;
     c.subscribe("s", "/queue/tx", "auto", &[]).await;
@@ -254,8 +292,10 @@ async fn transactions_apply_at_commit_and_vanish_on_abort() {
 async fn dropped_connection_discards_open_transaction() {
     let b = TestBroker::start().await;
     let mut p = b.client().await;
-    p.send(Frame::new(Command::Begin).header("transaction", "t")).await;
-    p.send(send("/queue/txdrop", "lost").header("transaction", "t")).await;
+    p.send(Frame::new(Command::Begin).header("transaction", "t"))
+        .await;
+    p.send(send("/queue/txdrop", "lost").header("transaction", "t"))
+        .await;
     p.barrier().await;
     drop(p);
     let mut c = b.client().await;
@@ -271,8 +311,12 @@ async fn producer_sequence_duplicates_are_dropped() {
     let h = [("producer-id", "p1"), ("producer-seq", "1")];
     p.put("/queue/dedup", "one", &h).await;
     p.put("/queue/dedup", "one-again", &h).await;
-    p.put("/queue/dedup", "two", &[("producer-id", "p1"), ("producer-seq", "2")])
-        .await;
+    p.put(
+        "/queue/dedup",
+        "two",
+        &[("producer-id", "p1"), ("producer-seq", "2")],
+    )
+    .await;
     let mut c = b.client().await;
     c.subscribe("s", "/queue/dedup", "auto", &[]).await;
     let m = c.expect(Command::Message).await;
@@ -291,7 +335,8 @@ async fn browser_subscription_peeks_without_consuming() {
     p.put("/queue/browse", "a", &[]).await;
     p.put("/queue/browse", "b", &[]).await;
     let mut c = b.client().await;
-    c.subscribe("br", "/queue/browse", "auto", &[("browser", "true")]).await;
+    c.subscribe("br", "/queue/browse", "auto", &[("browser", "true")])
+        .await;
     assert_eq!(body(&c.expect(Command::Message).await), "a");
     assert_eq!(body(&c.expect(Command::Message).await), "b");
     let end = c.expect(Command::Message).await;
@@ -338,25 +383,34 @@ async fn bad_input_gets_an_error_and_spares_other_connections() {
     bad.send_raw(b"HELLO\n\n\0").await;
     let e = bad.expect(Command::Error).await;
     assert_eq!(e.get("message"), Some("malformed frame"));
-    assert!(bad.recv().await.is_none(), "connection not closed after ERROR");
+    assert!(
+        bad.recv().await.is_none(),
+        "connection not closed after ERROR"
+    );
 
     // Oversize frame, refused from its content-length.
     let mut big = b.client().await;
-    big.send_raw(b"SEND\ndestination:/queue/ok\ncontent-length:10000000\n\n").await;
+    big.send_raw(b"SEND\ndestination:/queue/ok\ncontent-length:10000000\n\n")
+        .await;
     let e = big.expect(Command::Error).await;
     assert_eq!(e.get("message"), Some("frame too large"));
 
     // Unknown destination kind, with receipt-id echoed.
     let mut unk = b.client().await;
-    unk.send(send("/exchange/x", "m").header("receipt", "r9")).await;
+    unk.send(send("/exchange/x", "m").header("receipt", "r9"))
+        .await;
     let e = unk.expect(Command::Error).await;
     assert_eq!(e.get("message"), Some("unknown destination"));
     assert_eq!(e.get("receipt-id"), Some("r9"));
 
     // Bad header value.
     let mut bh = b.client().await;
-    bh.send(send("/queue/ok", "m").header("priority", "high")).await;
-    assert_eq!(bh.expect(Command::Error).await.get("message"), Some("invalid priority header"));
+    bh.send(send("/queue/ok", "m").header("priority", "high"))
+        .await;
+    assert_eq!(
+        bh.expect(Command::Error).await.get("message"),
+        Some("invalid priority header")
+    );
 
     // Wrong password.
     let mut wp = Raw::open(b.addr).await;
@@ -415,7 +469,8 @@ async fn version_negotiation_and_legacy_acks() {
     assert!(c2.quiet_for(Duration::from_millis(200)).await);
 
     let mut bad = Raw::open(b.addr).await;
-    bad.send(Frame::new(Command::Connect).header("accept-version", "2.0")).await;
+    bad.send(Frame::new(Command::Connect).header("accept-version", "2.0"))
+        .await;
     let e = bad.expect(Command::Error).await;
     assert_eq!(e.get("version"), Some("1.0,1.1,1.2"));
     b.stop().await;
@@ -428,23 +483,31 @@ async fn persistent_messages_survive_a_restart() {
     for i in 0..50 {
         p.put("/queue/durable", &format!("m{i}"), &[]).await;
     }
-    p.put("/queue/durable", "np", &[("persistent", "false")]).await;
+    p.put("/queue/durable", "np", &[("persistent", "false")])
+        .await;
     let dir = b.stop().await;
     let b = TestBroker::start_in(dir, |_| {}).await;
     let mut c = b.client().await;
-    c.subscribe("s", "/queue/durable", "client-individual", &[]).await;
+    c.subscribe("s", "/queue/durable", "client-individual", &[])
+        .await;
     for i in 0..50 {
         let m = c.expect(Command::Message).await;
         assert_eq!(body(&m), format!("m{i}"));
         c.ack(&m).await;
     }
-    assert!(c.quiet_for(Duration::from_millis(200)).await, "non-persistent survived");
+    assert!(
+        c.quiet_for(Duration::from_millis(200)).await,
+        "non-persistent survived"
+    );
     c.barrier().await;
     let dir = b.stop().await;
     let b = TestBroker::start_in(dir, |_| {}).await;
     let mut c = b.client().await;
     c.subscribe("s", "/queue/durable", "auto", &[]).await;
-    assert!(c.quiet_for(Duration::from_millis(200)).await, "acked messages came back");
+    assert!(
+        c.quiet_for(Duration::from_millis(200)).await,
+        "acked messages came back"
+    );
     b.stop().await;
 }
 
@@ -458,12 +521,22 @@ async fn backlogs_larger_than_memory_are_served_from_disk() {
     let big = "x".repeat(8 * 1024);
     for i in 0..200 {
         let persistent = if i % 2 == 0 { "true" } else { "false" };
-        p.put("/queue/big", &format!("{i:03}{big}"), &[("persistent", persistent)])
-            .await;
+        p.put(
+            "/queue/big",
+            &format!("{i:03}{big}"),
+            &[("persistent", persistent)],
+        )
+        .await;
     }
     assert!(b.broker.memory().used() <= 256 * 1024 + 16 * 1024);
     let mut c = b.client().await;
-    c.subscribe("s", "/queue/big", "client-individual", &[("prefetch", "10")]).await;
+    c.subscribe(
+        "s",
+        "/queue/big",
+        "client-individual",
+        &[("prefetch", "10")],
+    )
+    .await;
     for i in 0..200 {
         let m = c.expect(Command::Message).await;
         assert_eq!(&body(&m)[..3], format!("{i:03}"));

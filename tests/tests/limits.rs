@@ -54,7 +54,11 @@ async fn broker_heart_beats_when_asked_and_drops_silent_peers() {
         .await
         .expect("no heart-beat within 2s")
         .unwrap();
-    assert!(n > 0 && raw[..n].iter().all(|b| *b == b'\n'), "{:?}", &raw[..n]);
+    assert!(
+        n > 0 && raw[..n].iter().all(|b| *b == b'\n'),
+        "{:?}",
+        &raw[..n]
+    );
 
     // A client that promised heart-beats every 100 ms and goes silent is closed.
     let mut silent = Raw::open(b.addr).await;
@@ -63,7 +67,10 @@ async fn broker_heart_beats_when_asked_and_drops_silent_peers() {
     let start = Instant::now();
     assert!(silent.recv_within(Duration::from_secs(5)).await.is_none());
     let waited = start.elapsed();
-    assert!(waited < Duration::from_secs(4), "closed only after {waited:?}");
+    assert!(
+        waited < Duration::from_secs(4),
+        "closed only after {waited:?}"
+    );
     b.stop().await;
 }
 
@@ -123,7 +130,11 @@ async fn a_topic_subscriber_that_never_reads_is_disconnected_not_buffered() {
     let mut saw_error = false;
     while let Some(f) = lazy.recv().await {
         if f.command == Command::Error {
-            assert!(f.get("message").unwrap().starts_with("slow consumer"), "{}", body(&f));
+            assert!(
+                f.get("message").unwrap().starts_with("slow consumer"),
+                "{}",
+                body(&f)
+            );
             saw_error = true;
             break;
         }

@@ -70,10 +70,7 @@ pub(super) enum OpMeta {
 pub(super) enum DecodedOp {
     /// An added message (body not materialised: `body` is `None`) whose body
     /// starts `body_rel` bytes into the record.
-    Add {
-        msg: StoredMessage,
-        body_rel: u32,
-    },
+    Add { msg: StoredMessage, body_rel: u32 },
     /// A removed message.
     Ack(u64),
 }
@@ -201,7 +198,11 @@ pub(super) fn put_op(buf: &mut Vec<u8>, record_start: usize, op: Op) -> OpMeta {
             buf.push(m.priority);
             put_u64(buf, m.expires);
             put_u64(buf, m.timestamp);
-            buf.push(if m.producer.is_some() { FLAG_PRODUCER } else { 0 });
+            buf.push(if m.producer.is_some() {
+                FLAG_PRODUCER
+            } else {
+                0
+            });
             if let Some(p) = &m.producer {
                 put_str(buf, &p.producer);
                 put_u64(buf, p.seq);

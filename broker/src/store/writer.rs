@@ -14,12 +14,12 @@ use tokio::sync::oneshot;
 
 use super::format::{self, OpMeta};
 use super::state::{Loc, SegmentInfo};
-use super::{io_err, lock, segment_path, Shared, StoreError};
+use super::{io_err, lock, segment_path, JournalConfig, Shared, StoreError};
 
 /// Largest amount of space pre-allocated for one segment.
 const MAX_PREALLOC_BYTES: u64 = 256 << 20;
 
-/// Zero-fill chunk size.
+/// Zero-fill chunk size of the pre-allocator.
 const ZERO_CHUNK: usize = 1 << 20;
 
 /// One queued append (or flush, when `record` is empty).
@@ -61,19 +61,37 @@ pub(super) struct Active {
     pub file_len: u64,
 }
 
+/// Size of the pre-allocated part of a segment for a `segment_bytes` setting.
+pub(super) fn prealloc_size(segment_bytes: u64) -> u64 {
+    segment_bytes
+        .clamp(4096, MAX_PREALLOC_BYTES)
+        .next_multiple_of(4096)
+}
+
 /// State owned by the writer thread.
 pub(super) struct Writer {
-    pub shared: Arc<Shared>,
-    pub dir: PathBuf,
-    pub dir_file: File,
-    pub segment_bytes: u64,
-    pub prealloc_bytes: u64,
-    pub epoch: u64,
-    pub lazy_interval: Duration,
+    /// State shared with the handles.
+    shared: Arc<Shared>,
+    /// Journal directory.
+    dir: PathBuf,
+    /// Open handle of the directory, for fsync.
+    dir_file: File,
+    /// Roll threshold.
+    segment_bytes: u64,
+    /// Epoch written into new segment headers.
+    epoch: u64,
+    /// Longest time a lazily appended record stays un-synced.
+    lazy_interval: Duration,
+    /// The segment being appended to.
     pub active: Active,
-    pub producers: HashMap<String, u64>,
-    pub max_id: u64,
-    pub prealloc: Option<Arc<Preallocator>>,
+    /// Producer table, checkpointed into new segment headers.
+    producers: HashMap<String, u64>,
+    /// Highest message id written.
+    max_id: u64,
+    /// Spare-file preparer.
+    prealloc: Option<Arc<Preallocator>>,
+    /// The next spare file was asked for (once per segment).
+    spare_requested: bool,
     /// Records written but not yet covered by an fdatasync.
     dirty: bool,
     /// A segment file was created or renamed since the last directory fsync.
@@ -83,7 +101,6 @@ pub(super) struct Writer {
     records_since_sync: u64,
     header_buf: Vec<u8>,
 }
-
 
 /// `write_all` for vectored writes (retries short writes and EINTR).
 fn write_all_vectored(mut w: &File, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
@@ -117,15 +134,10 @@ pub(super) fn zero_fill(file: &File, from: u64, to: u64, stop: &AtomicBool) -> i
 
 impl Writer {
     /// Creates the writer state around an already prepared active segment.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         shared: Arc<Shared>,
-        dir: PathBuf,
+        config: &JournalConfig,
         dir_file: File,
-        segment_bytes: u64,
-        preallocate: bool,
-        epoch: u64,
-        lazy_interval: Duration,
         active: Active,
         producers: HashMap<String, u64>,
         max_id: u64,
@@ -133,20 +145,16 @@ impl Writer {
     ) -> Self {
         Writer {
             shared,
-            dir,
+            dir: config.dir.clone(),
             dir_file,
-            segment_bytes,
-            prealloc_bytes: if preallocate {
-                segment_bytes.clamp(4096, MAX_PREALLOC_BYTES).next_multiple_of(4096)
-            } else {
-                0
-            },
-            epoch,
-            lazy_interval,
+            segment_bytes: config.segment_bytes,
+            epoch: config.epoch,
+            lazy_interval: config.lazy_sync_interval,
             active,
             producers,
             max_id,
             prealloc,
+            spare_requested: false,
             dirty: false,
             dir_dirty: false,
             deadline: None,
@@ -163,23 +171,6 @@ impl Writer {
             .seek(SeekFrom::Start(a.pos))
             .map(|_| ())
             .map_err(io_err("seek segment", &a.path))
-    }
-
-    /// Zero-fills the active segment up to the pre-allocation size.
-    pub fn preallocate_active(&mut self) -> Result<(), StoreError> {
-        if self.prealloc_bytes <= self.active.file_len {
-            return Ok(());
-        }
-        let never = AtomicBool::new(false);
-        zero_fill(
-            &self.active.file,
-            self.active.file_len,
-            self.prealloc_bytes,
-            &never,
-        )
-        .map_err(io_err("pre-allocate segment", &self.active.path))?;
-        self.active.file_len = self.prealloc_bytes;
-        Ok(())
     }
 
     /// Writes a fresh header at offset 0 of the active segment (used at open
@@ -226,12 +217,9 @@ impl Writer {
     }
 
     /// Seals the active segment (drops its unused pre-allocated tail, makes
-    /// it durable) and starts segment `active.seq + 1`.
-    ///
-    /// With `inline_prealloc` a missing spare file is replaced by zero-filling
-    /// the new segment synchronously (used at open); otherwise the new segment
-    /// simply grows as it is written.
-    pub fn roll(&mut self, inline_prealloc: bool) -> Result<(), StoreError> {
+    /// it durable) and starts segment `active.seq + 1`, in the spare file if
+    /// one is ready (otherwise the new segment grows as it is written).
+    pub fn roll(&mut self) -> Result<(), StoreError> {
         // Seal: a sealed segment never ends with zeros, so recovery can treat
         // any invalid byte in it as corruption.
         let a = &mut self.active;
@@ -272,17 +260,11 @@ impl Writer {
                     .create_new(true)
                     .open(&path)
                     .map_err(io_err("create segment", &path))?;
-                let mut len = 0;
-                if inline_prealloc && self.prealloc_bytes > 0 {
-                    let never = AtomicBool::new(false);
-                    zero_fill(&f, 0, self.prealloc_bytes, &never)
-                        .map_err(io_err("pre-allocate segment", &path))?;
-                    len = self.prealloc_bytes;
-                }
-                (f, len)
+                (f, 0)
             }
         };
         tracing::debug!(segment = %path.display(), preallocated = file_len, "journal: new segment");
+        self.spare_requested = false;
         self.active = Active {
             seq,
             path: path.clone(),
@@ -353,6 +335,15 @@ impl Writer {
         drop(slices);
         self.active.file_len = self.active.file_len.max(self.active.pos);
         self.dirty = true;
+        // Ask for the next segment's spare file once this one is a quarter
+        // full: early enough to be ready at the roll, and never for
+        // short-lived or idle journals.
+        if !self.spare_requested && self.active.pos >= self.segment_bytes / 4 {
+            if let Some(p) = &self.prealloc {
+                p.request();
+            }
+            self.spare_requested = true;
+        }
         self.records_since_sync += n_records;
         let stats = &self.shared.stats;
         stats.records.fetch_add(n_records, Ordering::Relaxed);
@@ -428,7 +419,7 @@ impl Writer {
                 && self.active.pos + len > self.segment_bytes
             {
                 self.write_and_apply(&mut batch[run_start..i], &offs[run_start..i])?;
-                self.roll(false)?;
+                self.roll()?;
                 run_start = i;
             }
             offs.push(self.active.pos);
@@ -620,34 +611,37 @@ struct PreState {
 }
 
 impl Preallocator {
-    /// A pre-allocator of `size`-byte spare files at `path`.
-    pub fn new(path: PathBuf, size: u64) -> Self {
+    /// A pre-allocator of spare files at `path` for segments of
+    /// `segment_bytes`.
+    pub fn new(path: PathBuf, segment_bytes: u64) -> Self {
         Preallocator {
             path,
-            size: size.clamp(4096, MAX_PREALLOC_BYTES).next_multiple_of(4096),
-            st: Mutex::new(PreState {
-                want: true,
-                ..PreState::default()
-            }),
+            size: prealloc_size(segment_bytes),
+            st: Mutex::new(PreState::default()),
             cv: Condvar::new(),
             stop: AtomicBool::new(false),
         }
     }
 
-    /// Renames the ready spare file, if any, to `dest` and asks for the next
-    /// one. Returns the file and its length.
+    /// Asks for a spare file (no-op if one is ready or being prepared).
+    pub fn request(&self) {
+        let mut st = lock(&self.st);
+        if st.ready.is_none() {
+            st.want = true;
+            self.cv.notify_one();
+        }
+    }
+
+    /// Renames the ready spare file, if any, to `dest`. Returns the file and
+    /// its length.
     pub fn take_as(&self, dest: &Path) -> io::Result<Option<(File, u64)>> {
         let mut st = lock(&self.st);
         let Some(f) = st.ready.take() else {
-            st.want = true;
-            self.cv.notify_one();
             return Ok(None);
         };
-        // Renamed under the lock: the thread must not start the next spare
+        // Renamed under the lock: the thread must not start a next spare
         // (same path) before this one is gone.
         std::fs::rename(&self.path, dest)?;
-        st.want = true;
-        self.cv.notify_one();
         Ok(Some((f, self.size)))
     }
 
@@ -687,7 +681,7 @@ impl Preallocator {
         loop {
             {
                 let mut st = lock(&self.st);
-                while !st.stopped && !(st.want && st.ready.is_none()) {
+                while !(st.stopped || (st.want && st.ready.is_none())) {
                     st = self
                         .cv
                         .wait(st)
