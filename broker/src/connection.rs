@@ -21,6 +21,7 @@
 //! receipt), then the connection is closed; the broker and other connections carry on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use fabricmq_stomp::{
     encode, encode_heartbeat, negotiate_heart_beat, negotiate_version, parse_heart_beat, Command,
-    DecodeError, Decoder, Frame, FrameLimits, Item, Version,
+    DecodeError, Decoder, Frame, FrameLimits, FrameWriter, Item, Version,
 };
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
@@ -533,12 +534,16 @@ impl Conn {
 
     fn receipt_now(&mut self, f: &Frame) {
         if let Some(r) = f.get("receipt") {
-            let frame = receipt_frame(r);
-            if self.receipts.is_empty() {
-                self.push_frame(&frame);
-            } else {
-                self.receipts.push_back(ready(frame));
-            }
+            self.push_receipt(receipt_frame(r));
+        }
+    }
+
+    /// Sends `frame` now, or after the receipts still pending (receipts keep frame order).
+    fn push_receipt(&mut self, frame: Frame) {
+        if self.receipts.is_empty() {
+            self.push_frame(&frame);
+        } else {
+            self.receipts.push_back(ready(frame));
         }
     }
 
@@ -589,7 +594,8 @@ impl Conn {
         }
     }
 
-    fn parse_send(&self, f: &Frame) -> Result<PendingSend, ConnError> {
+    fn parse_send(&self, mut f: Frame) -> Result<PendingSend, ConnError> {
+        let f = &mut f;
         let destination = required(f, "destination")?;
         let is_queue = check_destination(destination).map_err(|e| e.with_receipt(f))?;
         let bad = |name: &str, v: &str, why: &str| {
@@ -642,14 +648,11 @@ impl Conn {
                 .with_receipt(f))
             }
         };
-        let headers = f
-            .headers
-            .iter()
-            .filter(|(k, _)| !is_broker_header(k))
-            .cloned()
-            .collect();
+        let destination = destination.to_string();
+        let mut headers = std::mem::take(&mut f.headers);
+        headers.retain(|(k, _)| !is_broker_header(k));
         Ok(PendingSend {
-            destination: destination.to_string(),
+            destination,
             is_queue,
             persistent,
             priority,
@@ -661,16 +664,21 @@ impl Conn {
     }
 
     async fn on_send(&mut self, f: Frame) -> Result<(), ConnError> {
-        let send = self.parse_send(&f)?;
-        if let Some(tx) = f.get("transaction") {
-            let Some(t) = self.txs.get_mut(tx) else {
-                return Err(unknown_tx(tx).with_receipt(&f));
+        let receipt = f.get("receipt").map(str::to_string);
+        let tx = f.get("transaction").map(str::to_string);
+        let send = self.parse_send(f)?;
+        if let Some(tx) = tx {
+            let Some(t) = self.txs.get_mut(&tx) else {
+                let mut e = unknown_tx(&tx);
+                e.receipt = receipt;
+                return Err(e);
             };
             t.sends.push(send);
-            self.receipt_now(&f);
+            if let Some(r) = receipt {
+                self.push_receipt(receipt_frame(&r));
+            }
             return Ok(());
         }
-        let receipt = f.get("receipt").map(str::to_string);
         let mut ops = Vec::new();
         let accepted = self.accept(send, &mut ops).await;
         let journal = &self.broker.journal;
@@ -698,14 +706,7 @@ impl Conn {
                     })
                 }));
             }
-            (Some(r), true) => {
-                let frame = receipt_frame(&r);
-                if self.receipts.is_empty() {
-                    self.push_frame(&frame);
-                } else {
-                    self.receipts.push_back(ready(frame));
-                }
-            }
+            (Some(r), true) => self.push_receipt(receipt_frame(&r)),
             (None, false) => journal.append_lazy(ops),
             (None, true) => {}
         }
@@ -942,11 +943,12 @@ impl Conn {
             },
         };
         let Some(sub) = self.subs.remove(&id) else {
-            return Err(ConnError::new(
-                "unknown subscription",
-                format!("no subscription with id {id:?}"),
-            )
-            .with_receipt(&f));
+            // A browse subscription (streaming or already ended) or one never made: nothing to
+            // undo. Clients commonly unsubscribe after a browse ends, so this is not an error.
+            self.browsing.retain(|(b, _)| *b != id);
+            debug!(sub = %id, "UNSUBSCRIBE of an unknown or browse subscription");
+            self.receipt_now(&f);
+            return Ok(());
         };
         self.sub_ids.remove(&sub.key);
         self.drop_subscription(sub, &HashSet::new());
@@ -1133,31 +1135,16 @@ impl Conn {
         let tag = self.next_tag;
         self.next_tag += 1;
         let m = &d.msg;
-        let mut frame = Frame::new(Command::Message)
-            .header("subscription", sub.id.clone())
-            .header("message-id", m.message_id())
-            .header("destination", m.destination.to_string());
-        frame.headers.reserve(10 + m.headers.len());
-        if sub.ack != AckMode::Auto {
-            frame.push("ack", format!("{}-{}", sub.key, tag));
-        }
-        if d.delivery_count > 1 {
-            frame.push("redelivered", "true");
-        }
-        frame.push("delivery-count", d.delivery_count.to_string());
-        frame.push("persistent", if m.persistent { "true" } else { "false" });
-        frame.push("priority", m.priority.to_string());
-        if m.expires != 0 {
-            frame.push("expires", m.expires.to_string());
-        }
-        frame.push("timestamp", m.timestamp.to_string());
-        if let Some(p) = &m.producer {
-            frame.push("producer-id", p.producer.clone());
-            frame.push("producer-seq", p.seq.to_string());
-        }
-        frame.headers.extend(m.headers.iter().cloned());
-        frame.body = body;
-        encode(&frame, self.version, &mut self.outbuf);
+        let ack = (sub.ack != AckMode::Auto).then_some((sub.key, tag));
+        write_message(
+            &mut self.outbuf,
+            self.version,
+            &sub.id,
+            m,
+            ack,
+            d.delivery_count,
+            &body,
+        );
         match sub.ack {
             AckMode::Auto => {
                 if let Source::Queue(q) = d.source {
@@ -1209,23 +1196,7 @@ impl Conn {
                     let Ok(body) = self.broker.context().body(&m) else {
                         continue; // acknowledged meanwhile
                     };
-                    let mut frame = Frame::new(Command::Message)
-                        .header("subscription", sub_id)
-                        .header("message-id", m.message_id())
-                        .header("destination", m.destination.to_string())
-                        .header("persistent", if m.persistent { "true" } else { "false" })
-                        .header("priority", m.priority.to_string())
-                        .header("timestamp", m.timestamp.to_string());
-                    if m.expires != 0 {
-                        frame.push("expires", m.expires.to_string());
-                    }
-                    if let Some(p) = &m.producer {
-                        frame.push("producer-id", p.producer.clone());
-                        frame.push("producer-seq", p.seq.to_string());
-                    }
-                    frame.headers.extend(m.headers.iter().cloned());
-                    frame.body = body;
-                    self.push_frame(&frame);
+                    write_message(&mut self.outbuf, self.version, &sub_id, &m, None, 0, &body);
                 }
                 None => {
                     let end = Frame::new(Command::Message)
@@ -1260,6 +1231,51 @@ impl Conn {
         }
         self.txs.clear();
     }
+}
+
+/// Encodes a MESSAGE frame straight into `out`. `ack` is (subscription key, delivery tag) when
+/// the subscription acknowledges; `delivery_count` 0 means a browse (no delivery headers).
+fn write_message(
+    out: &mut BytesMut,
+    version: Version,
+    sub_id: &str,
+    m: &Message,
+    ack: Option<(u64, u64)>,
+    delivery_count: u32,
+    body: &[u8],
+) {
+    out.reserve(body.len() + 256);
+    let mut w = FrameWriter::begin(out, Command::Message, version);
+    w.header("subscription", sub_id);
+    let mut text = String::with_capacity(48);
+    let _ = write!(text, "ID:fabricmq-{}", m.id);
+    w.header("message-id", &text);
+    w.header("destination", &m.destination);
+    if let Some((key, tag)) = ack {
+        text.clear();
+        let _ = write!(text, "{key}-{tag}");
+        w.header("ack", &text);
+    }
+    if delivery_count > 1 {
+        w.header("redelivered", "true");
+    }
+    if delivery_count > 0 {
+        w.header_u64("delivery-count", u64::from(delivery_count));
+    }
+    w.header("persistent", if m.persistent { "true" } else { "false" });
+    w.header_u64("priority", u64::from(m.priority));
+    if m.expires != 0 {
+        w.header_u64("expires", m.expires);
+    }
+    w.header_u64("timestamp", m.timestamp);
+    if let Some(p) = &m.producer {
+        w.header("producer-id", &p.producer);
+        w.header_u64("producer-seq", p.seq);
+    }
+    for (k, v) in &m.headers {
+        w.header(k, v);
+    }
+    w.finish(body);
 }
 
 fn decode_error(e: DecodeError) -> ConnError {

@@ -11,6 +11,9 @@ use fabricmq_broker::server;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A fabricmq STOMP broker.
 #[derive(Parser, Debug)]
 #[command(

@@ -61,7 +61,7 @@ mod tests;
 #[cfg(feature = "codec")]
 pub use codec::{CodecError, StompCodec};
 pub use decode::{DecodeError, Decoder, FrameLimits};
-pub use encode::{encode, encode_heartbeat};
+pub use encode::{encode, encode_heartbeat, FrameWriter};
 pub use frame::{
     negotiate_heart_beat, negotiate_version, parse_heart_beat, Command, Frame, HeaderError, Item,
     Version,
