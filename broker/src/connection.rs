@@ -213,6 +213,9 @@ struct Conn {
     max_pending: usize,
     /// Auto-ack deliveries written this turn: (queue, subscription key, message id).
     auto_acks: Vec<(Arc<Queue>, u64, u64)>,
+    /// Journal acks of persistent messages settled this turn, written as one lazy record per
+    /// socket read or outbox batch instead of one per ACK frame.
+    journal_acks: Vec<Op>,
 }
 
 impl Conn {
@@ -263,6 +266,16 @@ impl Conn {
             fatal: false,
             max_pending,
             auto_acks: Vec::new(),
+            journal_acks: Vec::new(),
+        }
+    }
+
+    /// Writes the acks collected this turn to the journal (one lazy record).
+    fn flush_journal_acks(&mut self) {
+        if !self.journal_acks.is_empty() {
+            self.broker
+                .journal
+                .append_lazy(std::mem::take(&mut self.journal_acks));
         }
     }
 
@@ -343,17 +356,7 @@ impl Conn {
                 }
                 item = self.outbox_rx.recv(), if can_take => {
                     if let Some(ob) = item {
-                        self.on_outbound(ob).await;
-                        for _ in 1..OUTBOX_BATCH {
-                            if self.outbuf.len() >= self.max_pending {
-                                break;
-                            }
-                            match self.outbox_rx.try_recv() {
-                                Ok(ob) => self.on_outbound(ob).await,
-                                Err(_) => break,
-                            }
-                        }
-                        self.flush_auto_acks();
+                        self.take_outbox_batch(ob).await;
                     }
                 }
                 _ = std::future::ready(()), if can_browse => {
@@ -530,6 +533,7 @@ impl Conn {
                 Err(e) => self.fail(decode_error(e)),
             }
         }
+        self.flush_journal_acks();
     }
 
     fn receipt_now(&mut self, f: &Frame) {
@@ -1074,7 +1078,9 @@ impl Conn {
                 let fx = q.nack(key, &ids);
                 self.broker.apply(fx);
             } else {
-                let out = q.ack(key, &ids, true);
+                let out = q.ack(key, &ids, false);
+                self.journal_acks
+                    .extend(out.persistent.iter().map(|&id| Op::Ack { id }));
                 self.broker.apply(out.effects);
             }
         }
@@ -1082,22 +1088,57 @@ impl Conn {
         Ok(())
     }
 
-    async fn on_outbound(&mut self, ob: Outbound) {
-        match ob {
-            Outbound::Close(reason) => {
-                warn!(%reason, "closing connection");
-                self.fail(ConnError::new(reason.clone(), reason));
-            }
-            Outbound::Deliver(d) => {
-                self.outbox
-                    .pending
-                    .fetch_sub(u64::from(d.msg.body_len), Ordering::Relaxed);
-                self.deliver(d).await;
+    /// Takes `first` and whatever else is queued in the outbox (bounded in count and bytes), loads
+    /// the bodies that live only on disk in one blocking call, and encodes the deliveries.
+    async fn take_outbox_batch(&mut self, first: Outbound) {
+        let mut batch = vec![first];
+        let room = self.max_pending.saturating_sub(self.outbuf.len());
+        let mut bytes = 0usize;
+        while batch.len() < OUTBOX_BATCH && bytes < room {
+            match self.outbox_rx.try_recv() {
+                Ok(ob) => {
+                    if let Outbound::Deliver(d) = &ob {
+                        bytes += d.msg.body_len as usize;
+                    }
+                    batch.push(ob);
+                }
+                Err(_) => break,
             }
         }
+        let wanted: Vec<(usize, Arc<Message>)> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ob)| match ob {
+                Outbound::Deliver(d) if d.msg.body.is_none() => Some((i, d.msg.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut bodies = load_bodies(self.broker.context().clone(), wanted).await;
+        for (i, ob) in batch.into_iter().enumerate() {
+            match ob {
+                Outbound::Close(reason) => {
+                    warn!(%reason, "closing connection");
+                    self.fail(ConnError::new(reason.clone(), reason));
+                }
+                Outbound::Deliver(d) => {
+                    self.outbox
+                        .pending
+                        .fetch_sub(u64::from(d.msg.body_len), Ordering::Relaxed);
+                    let body = match d.msg.body.clone() {
+                        Some(b) => Ok(b),
+                        None => bodies
+                            .remove(&i)
+                            .unwrap_or(Err(crate::store::StoreError::NotFound { id: d.msg.id })),
+                    };
+                    self.deliver(d, body);
+                }
+            }
+        }
+        self.flush_auto_acks();
+        self.flush_journal_acks();
     }
 
-    async fn deliver(&mut self, d: Delivery) {
+    fn deliver(&mut self, d: Delivery, body: Result<Bytes, crate::store::StoreError>) {
         let Some(sub_id) = self.sub_ids.get(&d.sub_key) else {
             // Unsubscribed meanwhile; the queue already took the message back.
             return;
@@ -1105,29 +1146,20 @@ impl Conn {
         if !self.subs.contains_key(sub_id) {
             return;
         }
-        let body = match &d.msg.body {
-            Some(b) => b.clone(),
-            None => match self
-                .broker
-                .context()
-                .store_for(&d.msg)
-                .read_body_async(d.msg.id)
-                .await
-            {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(id = d.msg.id, error = %e, "cannot read message body from the journal");
-                    if let Source::Queue(q) = &d.source {
-                        let key = ConsumerKey {
-                            conn: self.id,
-                            sub: d.sub_key,
-                        };
-                        let fx = q.nack(key, &[d.msg.id]);
-                        self.broker.apply(fx);
-                    }
-                    return;
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(id = d.msg.id, error = %e, "cannot read message body from its store");
+                if let Source::Queue(q) = &d.source {
+                    let key = ConsumerKey {
+                        conn: self.id,
+                        sub: d.sub_key,
+                    };
+                    let fx = q.nack(key, &[d.msg.id]);
+                    self.broker.apply(fx);
                 }
-            },
+                return;
+            }
         };
         let Some(sub) = self.subs.get_mut(sub_id) else {
             return;
@@ -1177,7 +1209,9 @@ impl Conn {
                 conn: self.id,
                 sub: *sub,
             };
-            let out = q.ack(key, &ids, true);
+            let out = q.ack(key, &ids, false);
+            self.journal_acks
+                .extend(out.persistent.iter().map(|&id| Op::Ack { id }));
             self.broker.apply(out.effects);
             i = j;
         }
@@ -1220,6 +1254,7 @@ impl Conn {
             }
         }
         self.flush_auto_acks();
+        self.flush_journal_acks();
         let empty = HashSet::new();
         for (_, sub) in std::mem::take(&mut self.subs) {
             let u = undelivered.get(&sub.key).unwrap_or(&empty);
@@ -1230,6 +1265,31 @@ impl Conn {
             debug!(open = self.txs.len(), "open transactions discarded");
         }
         self.txs.clear();
+    }
+}
+
+/// Reads the bodies of messages that are not in memory, in one blocking task (reads are usually
+/// served by the page cache). Keyed by the caller's positions.
+async fn load_bodies(
+    ctx: Arc<crate::destination::QueueContext>,
+    wanted: Vec<(usize, Arc<Message>)>,
+) -> HashMap<usize, Result<Bytes, crate::store::StoreError>> {
+    if wanted.is_empty() {
+        return HashMap::new();
+    }
+    match tokio::task::spawn_blocking(move || {
+        wanted
+            .into_iter()
+            .map(|(i, m)| (i, ctx.body(&m)))
+            .collect::<HashMap<_, _>>()
+    })
+    .await
+    {
+        Ok(map) => map,
+        Err(e) => {
+            tracing::error!(error = %e, "body loading task failed");
+            HashMap::new()
+        }
     }
 }
 
