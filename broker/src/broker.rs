@@ -262,7 +262,18 @@ impl Broker {
     /// is dropped from memory: a persistent message's is in the journal already (the caller
     /// journaled it); a non-persistent one is spilled to the temporary store here.
     pub fn admit(&self, mut msg: Message) -> Message {
-        if msg.body.is_none() || self.ctx.memory.try_reserve(msg.memory_bytes()) {
+        if msg.body.is_none() {
+            return msg;
+        }
+        if self.ctx.memory.try_reserve(msg.memory_bytes()) {
+            // A body decoded from a socket is a view into a shared read buffer (64 KiB chunks):
+            // keeping the view would keep the whole chunk alive, invisible to the budget. Small
+            // bodies are copied out; large ones are most of their chunk anyway.
+            if let Some(b) = &msg.body {
+                if b.len() < (64 << 10) {
+                    msg.body = Some(bytes::Bytes::copy_from_slice(b));
+                }
+            }
             return msg;
         }
         if !msg.persistent {

@@ -55,6 +55,10 @@ pub const SERVER: &str = concat!("fabricmq/", env!("CARGO_PKG_VERSION"));
 const MAX_PENDING_RECEIPTS: usize = 8192;
 /// Most deliveries taken from the outbox per loop turn.
 const OUTBOX_BATCH: usize = 256;
+/// Bytes a store may have queued for its writer before producers wait (stop reading their
+/// socket) until it is down to half: receipt-less persistent sends and spilled messages have no
+/// receipt to slow their producer, so without this they could queue more than the disk absorbs.
+const STORE_BACKLOG_LIMIT: u64 = 8 << 20;
 
 /// A problem that ends the connection with an ERROR frame.
 #[derive(Debug)]
@@ -653,8 +657,11 @@ impl Conn {
             }
         };
         let destination = destination.to_string();
-        let mut headers = std::mem::take(&mut f.headers);
-        headers.retain(|(k, _)| !is_broker_header(k));
+        // Application headers only, in a Vec of their own size: it lives as long as the message.
+        let headers: Vec<(String, String)> = std::mem::take(&mut f.headers)
+            .into_iter()
+            .filter(|(k, _)| !is_broker_header(k))
+            .collect();
         Ok(PendingSend {
             destination,
             is_queue,
@@ -717,6 +724,7 @@ impl Conn {
         if let Some((dest, msg)) = accepted {
             self.route(&dest, msg);
         }
+        store_backpressure(self.broker.context().clone()).await;
         Ok(())
     }
 
@@ -731,9 +739,15 @@ impl Conn {
             debug!(producer = ?send.producer, "duplicate send dropped");
             return None;
         }
+        // Share the destination's name instead of allocating one per message.
+        let destination = if send.is_queue {
+            self.broker.queue(&send.destination).name.clone()
+        } else {
+            self.broker.topic(&send.destination).name.clone()
+        };
         let mut msg = Message {
             id: self.broker.next_message_id(),
-            destination: Arc::from(send.destination.as_str()),
+            destination,
             persistent: send.persistent,
             priority: send.priority,
             expires: send.expires,
@@ -831,6 +845,7 @@ impl Conn {
         for (dest, msg) in accepted {
             self.route(&dest, msg);
         }
+        store_backpressure(self.broker.context().clone()).await;
         Ok(())
     }
 
@@ -1265,6 +1280,21 @@ impl Conn {
             debug!(open = self.txs.len(), "open transactions discarded");
         }
         self.txs.clear();
+    }
+}
+
+/// Waits while the journal or the temporary store is too far behind (see
+/// [`STORE_BACKLOG_LIMIT`]). The connection reads nothing meanwhile: TCP pushes back on the
+/// producer.
+async fn store_backpressure(ctx: Arc<crate::destination::QueueContext>) {
+    for store in [&ctx.journal, &ctx.temp] {
+        if store.backlog_bytes() > STORE_BACKLOG_LIMIT {
+            debug!(
+                backlog = store.backlog_bytes(),
+                "store behind; pausing this producer"
+            );
+            store.wait_backlog_below(STORE_BACKLOG_LIMIT / 2).await;
+        }
     }
 }
 

@@ -439,6 +439,11 @@ struct Shared {
     dir: PathBuf,
     /// Set once `shutdown` finished.
     closed: AtomicBool,
+    /// Bytes of records queued for the writer and not yet written (appenders use it for
+    /// backpressure: lazy appends have no waiter to slow them down).
+    backlog: AtomicU64,
+    /// Notified by the writer after each batch it has written (and when it stops).
+    drained: tokio::sync::Notify,
 }
 
 /// Locks a mutex, ignoring poisoning (the protected data stays consistent:
@@ -678,6 +683,8 @@ impl Journal {
             stats: Counters::default(),
             dir: dir.clone(),
             closed: AtomicBool::new(false),
+            backlog: AtomicU64::new(0),
+            drained: tokio::sync::Notify::new(),
         });
         let mut writer = Writer::new(
             shared.clone(),
@@ -823,11 +830,39 @@ impl Journal {
             }
             return Err(err);
         }
+        shared
+            .backlog
+            .fetch_add(req.record.len() as u64, Ordering::Relaxed);
         q.items.push(req);
         if q.writer_idle {
             shared.queue_cv.notify_one();
         }
         Ok(())
+    }
+
+    /// Bytes of records queued for the writer and not yet written.
+    pub fn backlog_bytes(&self) -> u64 {
+        self.inner.shared.backlog.load(Ordering::Relaxed)
+    }
+
+    /// Waits until fewer than `limit` bytes are queued for the writer, or the journal stopped or
+    /// failed (then appends report the error). Producers use it so that receipt-less appends
+    /// cannot queue more than the disk absorbs.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits.
+    pub async fn wait_backlog_below(&self, limit: u64) {
+        let shared = &self.inner.shared;
+        loop {
+            let drained = shared.drained.notified();
+            if shared.backlog.load(Ordering::Relaxed) < limit
+                || shared.closed.load(Ordering::Relaxed)
+                || lock(&shared.queue).failed.is_some()
+            {
+                return;
+            }
+            drained.await;
+        }
     }
 
     /// Queues `ops` as one atomic record. The returned future resolves once

@@ -1171,3 +1171,22 @@ fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
         .unwrap()
         .block_on(f)
 }
+
+#[tokio::test]
+async fn backlog_is_counted_until_written_and_waiters_wake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = small_cfg(tmp.path(), 1 << 20);
+    let (j, _) = open(&c);
+    assert_eq!(j.backlog_bytes(), 0);
+    for id in 1..=200 {
+        j.append_lazy(vec![Op::Add(msg(id, "/queue/b", &body_for(id, 512)))]);
+    }
+    // Whatever is still queued is counted; once written, nothing is.
+    j.wait_backlog_below(1).await;
+    assert_eq!(j.backlog_bytes(), 0);
+    j.flush().await.unwrap();
+    assert_eq!(j.backlog_bytes(), 0);
+    j.shutdown();
+    // After shutdown the wait returns at once instead of hanging.
+    j.wait_backlog_below(0).await;
+}

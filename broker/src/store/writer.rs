@@ -519,6 +519,7 @@ impl Writer {
             std::mem::take(&mut q.items)
         };
         batch.append(&mut rest);
+        self.release_backlog(batch);
         self.forget_pending(batch);
         for req in batch.drain(..) {
             if let Some(w) = req.waiter {
@@ -526,6 +527,13 @@ impl Writer {
             }
         }
         self.shared.stats.failed.store(true, Ordering::Relaxed);
+    }
+
+    /// Accounts `batch` as written and wakes appenders waiting for the backlog to shrink.
+    fn release_backlog(&self, batch: &[Request]) {
+        let bytes: u64 = batch.iter().map(|r| r.record.len() as u64).sum();
+        self.shared.backlog.fetch_sub(bytes, Ordering::Relaxed);
+        self.shared.drained.notify_waiters();
     }
 
     /// The writer thread's main loop.
@@ -581,6 +589,7 @@ impl Writer {
                 self.fail(e, &mut batch);
                 return;
             }
+            self.release_backlog(&batch);
             batch.clear();
             if closing {
                 // `closed` was set before this batch was taken, so nothing
