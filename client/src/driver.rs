@@ -35,7 +35,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use fabricmq_stomp::{
     encode_heartbeat, negotiate_heart_beat, parse_heart_beat, Command as StompCommand, Decoder,
-    FrameLimits, Item, Version,
+    FrameLimits, FrameWriter, Item, Version,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -45,7 +45,6 @@ use tracing::{debug, info, warn};
 use crate::error::ClientError;
 use crate::options::ConnectOptions;
 use crate::state::{CloseReason, Command, ConnState, Parked};
-use crate::wire::{Escaping, FrameWriter};
 
 /// Stop taking commands while this many bytes wait to be written.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
@@ -86,6 +85,26 @@ fn parse_version(v: Option<&str>) -> Result<Version, ClientError> {
     }
 }
 
+/// Writes the CONNECT frame into `out`. `ours` is the heart-beat pair we offer,
+/// in milliseconds. CONNECT headers are never escaped (the codec's writer
+/// applies that rule whatever the version), so the version passed is moot.
+fn encode_connect(out: &mut BytesMut, host: &str, opts: &ConnectOptions, ours: (u64, u64)) {
+    let mut w = FrameWriter::begin(out, StompCommand::Connect, Version::V1_0);
+    w.header("accept-version", "1.0,1.1,1.2");
+    w.header("host", opts.virtual_host.as_deref().unwrap_or(host));
+    if let Some(login) = &opts.login {
+        w.header("login", login);
+    }
+    if let Some(passcode) = &opts.passcode {
+        w.header("passcode", passcode);
+    }
+    w.header("heart-beat", &format!("{},{}", ours.0, ours.1));
+    if let Some(id) = &opts.client_id {
+        w.header("client-id", id);
+    }
+    w.finish(b"");
+}
+
 /// Sends CONNECT and waits for CONNECTED. Returns what was negotiated, plus the
 /// decoder and read buffer (which may already hold the broker's next frames).
 /// An ERROR in reply becomes [`ClientError::Auth`].
@@ -101,26 +120,7 @@ where
 {
     let ours = (millis(opts.heart_beat.0), millis(opts.heart_beat.1));
     let mut out = BytesMut::with_capacity(256);
-    {
-        let mut w = FrameWriter::new(&mut out, StompCommand::Connect, Escaping::None, 256);
-        w.header("accept-version", "1.0,1.1,1.2");
-        w.header("host", opts.virtual_host.as_deref().unwrap_or(host));
-        if let Some(login) = &opts.login {
-            w.header("login", login);
-        }
-        if let Some(passcode) = &opts.passcode {
-            w.header("passcode", passcode);
-        }
-        let mut hb = BytesMut::with_capacity(24);
-        crate::wire::put_u64(&mut hb, ours.0);
-        hb.extend_from_slice(b",");
-        crate::wire::put_u64(&mut hb, ours.1);
-        w.header("heart-beat", std::str::from_utf8(&hb).unwrap_or("0,0"));
-        if let Some(id) = &opts.client_id {
-            w.header("client-id", id);
-        }
-        w.finish(b"");
-    }
+    encode_connect(&mut out, host, opts, ours);
     stream.write_all(&out).await?;
     stream.flush().await?;
 
@@ -522,6 +522,31 @@ mod tests {
         assert_eq!(lenient_unescape("plain"), "plain");
         assert_eq!(lenient_unescape("a\\cb\\nc\\\\d\\re"), "a:b\nc\\d\re");
         assert_eq!(lenient_unescape("C:\\temp\\x \\"), "C:\\temp\\x \\");
+    }
+
+    #[test]
+    fn connect_is_never_escaped_and_cannot_break_framing() {
+        let opts = ConnectOptions {
+            login: Some("a:b\\c\nd".into()),
+            passcode: Some("p\r".into()),
+            client_id: Some("cid".into()),
+            ..Default::default()
+        };
+        let mut out = BytesMut::new();
+        encode_connect(&mut out, "h", &opts, (1000, 0));
+        assert_eq!(
+            &out[..],
+            &b"CONNECT\naccept-version:1.0,1.1,1.2\nhost:h\nlogin:a:b\\c d\npasscode:p \n\
+               heart-beat:1000,0\nclient-id:cid\n\n\0"[..]
+        );
+        let mut d = Decoder::new(FrameLimits::default());
+        d.set_version(Version::V1_2);
+        let Ok(Some(Item::Frame(f))) = d.decode(&mut out) else {
+            panic!("CONNECT does not decode");
+        };
+        assert_eq!(f.command, StompCommand::Connect);
+        assert_eq!(f.get("login"), Some("a:b\\c d"));
+        assert!(out.is_empty());
     }
 
     #[test]

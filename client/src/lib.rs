@@ -26,7 +26,10 @@
 //!   carry it over a reconnect.
 //! * `driver`: the one task per connection that owns the socket (handshake,
 //!   batched writes, reads, heart-beats, backpressure).
-//! * `wire`: allocation-free encoding of outgoing frames.
+//!
+//! Outgoing frames are written straight into the connection's write buffer
+//! with the codec's [`fabricmq_stomp::FrameWriter`] (no per-message `Frame`
+//! allocation, and the one copy of the STOMP escaping rules).
 //!
 //! # Design
 //! A [`Connection`] is an `Arc` around the sending end of a bounded channel.
@@ -49,7 +52,6 @@ mod message;
 mod options;
 mod state;
 pub mod url;
-mod wire;
 
 pub use connection::{Connection, ReceiptFuture, Subscription, Transaction};
 pub use error::ClientError;

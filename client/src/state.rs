@@ -18,14 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use fabricmq_stomp::{Command as StompCommand, Frame, Version};
+use fabricmq_stomp::{Command as StompCommand, Frame, FrameWriter, Version};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::error::ClientError;
 use crate::message::{Message, Outgoing};
 use crate::options::{AckMode, SubscribeOptions};
-use crate::wire::{Escaping, FrameWriter};
 
 /// Completes one request that waits for a receipt.
 pub(crate) type Waiter = oneshot::Sender<Result<(), ClientError>>;
@@ -185,7 +184,6 @@ struct SubEntry {
 /// The STOMP session state of one connection (see the module docs).
 pub(crate) struct ConnState {
     version: Version,
-    escaping: Escaping,
     next_receipt: u64,
     /// Ordered by receipt id = by the order requests were written.
     pending: BTreeMap<u64, Pending>,
@@ -199,7 +197,6 @@ impl ConnState {
     pub(crate) fn new(version: Version) -> ConnState {
         ConnState {
             version,
-            escaping: Escaping::for_version(version),
             next_receipt: 1,
             pending: BTreeMap::new(),
             subs: HashMap::new(),
@@ -235,8 +232,12 @@ impl ConnState {
         id
     }
 
+    /// Starts `cmd` in `out` with the codec's writer (escaping per the
+    /// negotiated version). `hint` (headers plus body) is reserved up front so
+    /// the buffer grows at most once per frame.
     fn writer<'a>(&self, out: &'a mut BytesMut, cmd: StompCommand, hint: usize) -> FrameWriter<'a> {
-        FrameWriter::new(out, cmd, self.escaping, hint)
+        out.reserve(hint + 32);
+        FrameWriter::begin(out, cmd, self.version)
     }
 
     /// Encodes `cmd` into `out` and registers what it waits for. Returns the
@@ -650,7 +651,6 @@ impl ConnState {
     #[allow(dead_code)] // used by the failover transport (next issue); unit-tested now
     pub(crate) fn replay(&mut self, version: Version, out: &mut BytesMut) {
         self.version = version;
-        self.escaping = Escaping::for_version(version);
         for (id, s) in &self.subs {
             self.encode_subscribe(id, &s.destination, s.ack, &s.opts, None, out);
         }
@@ -904,6 +904,77 @@ mod tests {
         assert_eq!(resent, [("2".into(), "1".into()), ("4".into(), "3".into())]);
         assert!(matches!(crx.try_recv(), Ok(Err(ClientError::Closed))));
         assert_eq!(s.pending_receipts(), 2);
+    }
+
+    #[test]
+    fn send_headers_round_trip_through_the_codec_per_version() {
+        for v in Version::ALL {
+            let mut s = ConnState::new(v);
+            let mut out = BytesMut::new();
+            let msg = Outgoing {
+                destination: "/queue/a:b".into(),
+                body: Bytes::from_static(b"body\0with nul"),
+                headers: vec![
+                    ("x\\y".into(), "line1\nline2".into()),
+                    ("k".into(), "a\rb".into()),
+                    ("n:m".into(), "v".into()),
+                    ("Content-Length".into(), "999".into()),
+                ],
+                producer: Some(("p".into(), 17)),
+                ..Default::default()
+            };
+            s.handle_command(
+                Command::Send {
+                    msg,
+                    transaction: None,
+                    reply: SendReply::Written(1),
+                },
+                &mut out,
+            );
+            let f = frames(&mut out, v).remove(0);
+            assert_eq!(f.command, StompCommand::Send);
+            assert_eq!(f.get("destination"), Some("/queue/a:b"));
+            assert_eq!(f.get("producer-seq"), Some("17"));
+            assert_eq!(f.get("content-length"), Some("13"));
+            assert_eq!(f.get("Content-Length"), None);
+            assert_eq!(&f.body[..], b"body\0with nul");
+            // What each version cannot represent is written as a space (CR,
+            // and LF in 1.0) or `_` (a `:` in a 1.0 header name).
+            let (lf, cr, name) = match v {
+                Version::V1_0 => ("line1 line2", "a b", "n_m"),
+                Version::V1_1 => ("line1\nline2", "a b", "n:m"),
+                Version::V1_2 => ("line1\nline2", "a\rb", "n:m"),
+            };
+            assert_eq!(f.get("x\\y"), Some(lf), "{v:?}");
+            assert_eq!(f.get("k"), Some(cr), "{v:?}");
+            assert_eq!(f.get(name), Some("v"), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn exact_bytes_v1_2() {
+        let mut s = ConnState::new(Version::V1_2);
+        let mut out = BytesMut::new();
+        s.handle_command(
+            Command::Ack {
+                nack: false,
+                target: AckTarget::Id("a:b\r".into()),
+                transaction: None,
+            },
+            &mut out,
+        );
+        assert_eq!(&out[..], b"ACK\nid:a\\cb\\r\n\n\0");
+
+        out.clear();
+        s.handle_command(
+            Command::Send {
+                msg: Outgoing::new("/q", ""),
+                transaction: None,
+                reply: SendReply::Written(1),
+            },
+            &mut out,
+        );
+        assert_eq!(&out[..], b"SEND\ndestination:/q\ncontent-length:0\n\n\0");
     }
 
     #[test]
