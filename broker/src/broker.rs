@@ -98,8 +98,10 @@ pub struct Broker {
     pub auth: Arc<Authenticator>,
     /// Counters.
     pub stats: BrokerStats,
-    /// Cancelled when the broker shuts down.
+    /// Cancelled when the broker shuts down (or steps down as master).
     pub shutdown: CancellationToken,
+    /// Whether the broker may acknowledge anything now (always open when standalone).
+    pub gate: Arc<crate::gate::Gate>,
     ctx: Arc<QueueContext>,
     queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
@@ -117,6 +119,7 @@ impl Broker {
         temp: Journal,
         recovered: Recovered,
         auth: Arc<Authenticator>,
+        gate: Arc<crate::gate::Gate>,
         shutdown: CancellationToken,
     ) -> Arc<Broker> {
         let memory = Arc::new(MemoryBudget::new(config.limits.max_memory.0));
@@ -131,6 +134,7 @@ impl Broker {
             auth,
             stats: BrokerStats::default(),
             shutdown,
+            gate,
             ctx,
             queues: RwLock::new(HashMap::new()),
             topics: RwLock::new(HashMap::new()),

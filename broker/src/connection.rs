@@ -320,16 +320,25 @@ impl Conn {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let idle_timeout = self.broker.config.limits.idle_timeout.0;
         let shutdown = self.broker.shutdown.clone();
+        let gate = self.broker.gate.clone();
         let mut shutting_down = false;
         loop {
+            // A closed gate (the fabric may have lost its ZooKeeper session, or this process was
+            // paused) freezes the connection: nothing is read, nothing is written.
+            let open = gate.is_open();
+            if shutting_down && !open {
+                // Stepping down: whatever is pending must not be acknowledged by this broker.
+                return;
+            }
             if self.fatal || (self.closing && self.receipts.is_empty() && self.browsing.is_empty())
             {
                 break;
             }
-            let can_read = !self.closing
+            let can_read = open
+                && !self.closing
                 && self.outbuf.len() < self.max_pending
                 && self.receipts.len() < MAX_PENDING_RECEIPTS;
-            let can_take = self.outbuf.len() < self.max_pending;
+            let can_take = open && self.outbuf.len() < self.max_pending;
             let can_browse = can_take && !self.browsing.is_empty();
             if self.inbuf.capacity() - self.inbuf.len() < 16 * 1024 {
                 self.inbuf.reserve(64 * 1024);
@@ -341,7 +350,8 @@ impl Conn {
                     shutting_down = true;
                     self.closing = true;
                 }
-                Some(frame) = self.receipts.next(), if !self.receipts.is_empty() => {
+                _ = gate.opened(), if !open => {}
+                Some(frame) = self.receipts.next(), if open && !self.receipts.is_empty() => {
                     if let Some(frame) = frame {
                         self.push_frame(&frame);
                         if frame.command == Command::Error {
@@ -349,7 +359,7 @@ impl Conn {
                         }
                     }
                 }
-                r = self.wr.write(&self.outbuf), if !self.outbuf.is_empty() => {
+                r = self.wr.write(&self.outbuf), if open && !self.outbuf.is_empty() => {
                     match r {
                         Ok(0) | Err(_) => return,
                         Ok(n) => {
@@ -401,7 +411,9 @@ impl Conn {
                 }
             }
         }
-        self.flush_bounded().await;
+        if gate.is_open() {
+            self.flush_bounded().await;
+        }
     }
 
     /// Writes what is buffered, bounded in time (the peer may not be reading).

@@ -7,8 +7,10 @@
 //! - [`message`]: the in-memory message and deliveries;
 //! - [`destination`]: queues (competing consumers, prefetch, acks, redelivery, dead-letters) and
 //!   topics (fan-out);
+//! - [`gate`]: whether the broker may acknowledge anything now (the fabric closes it);
 //! - [`broker`]: shared state: destinations, ids, de-duplication, memory budget;
 //! - [`connection`]: one task per client connection (STOMP frames, receipts, heart-beats);
+//! - [`ha`]: the fabric lifecycle (election in ZooKeeper, fencing, two-stage session handling);
 //! - [`server`]: start-up (recovery, bind), accept loop, graceful shutdown;
 //! - [`store`]: the segmented, CRC-checked, group-committed journal.
 
@@ -17,6 +19,8 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod destination;
+pub mod gate;
+pub mod ha;
 pub mod message;
 pub mod pattern;
 pub mod server;

@@ -46,6 +46,33 @@ struct Cli {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// ZooKeeper ensemble `host:port[,host:port...][/chroot]`: run as a container of a
+    /// master/slave group (needs --container and --group or --profile).
+    #[arg(long, env = "FABRIC_ZK", value_name = "CONNECT")]
+    zk: Option<String>,
+    /// Root of fabricmq's nodes in ZooKeeper.
+    #[arg(long, default_value = "/fabric", value_name = "PATH")]
+    zk_root: String,
+    /// ZooKeeper session timeout (e.g. "4s"); a master steps down after a third of it without
+    /// ZooKeeper.
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    session_timeout: std::time::Duration,
+    /// Group this container belongs to (default: the profile's group).
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
+    /// This container's name (unique in the fabric).
+    #[arg(long, value_name = "NAME")]
+    container: Option<String>,
+    /// Take the configuration from this registry profile (flags given here override it).
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// Host name to publish in service URLs for listeners bound to a wildcard address
+    /// (default: this machine's host name).
+    #[arg(long, value_name = "HOST")]
+    advertise_host: Option<String>,
+    /// Write `{"role": "slave"|"master", "listeners": [...], "epoch": N}` here on every role change.
+    #[arg(long, value_name = "FILE")]
+    state_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -89,6 +116,56 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => BrokerConfig::from_file(path)?,
         None => BrokerConfig::default(),
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("mq-broker")
+        .build()
+        .context("starting the async runtime")?;
+    // A profile from the registry supplies the base configuration; flags override it.
+    let ha = match &cli.zk {
+        None => {
+            anyhow::ensure!(
+                cli.profile.is_none() && cli.group.is_none(),
+                "--profile and --group need --zk (or FABRIC_ZK)"
+            );
+            None
+        }
+        Some(zk) => {
+            let mut registry = fabricmq_registry::RegistryConfig::parse(zk)
+                .with_context(|| format!("--zk {zk:?}"))?;
+            registry.root = cli.zk_root.clone();
+            registry.session_timeout = cli.session_timeout;
+            let container = cli
+                .container
+                .clone()
+                .context("--container is required with --zk")?;
+            let mut group = cli.group.clone();
+            if let Some(name) = &cli.profile {
+                let profile = runtime
+                    .block_on(load_profile(registry.clone(), name))
+                    .with_context(|| format!("loading profile {name:?}"))?;
+                if let Some(extra) = &profile.config {
+                    config = BrokerConfig::from_file(std::path::Path::new(extra))?;
+                }
+                config.listen = profile.listen.clone();
+                config.data_dir = PathBuf::from(&profile.data);
+                if let Some(u) = &profile.users {
+                    config.auth.users_file = Some(PathBuf::from(u));
+                }
+                group = group.or(Some(profile.group.clone()));
+            }
+            let group = group.context("--group (or --profile) is required with --zk")?;
+            let advertise_host = cli.advertise_host.clone().unwrap_or_else(hostname);
+            Some(fabricmq_broker::ha::HaSettings {
+                registry,
+                group,
+                container,
+                profile: cli.profile.clone(),
+                advertise_host,
+                state_file: cli.state_file.clone(),
+            })
+        }
+    };
     if !cli.listen.is_empty() {
         config.listen = cli.listen.clone();
     }
@@ -106,13 +183,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         print!("{}", config.to_toml());
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("mq-broker")
-        .build()
-        .context("starting the async runtime")?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
+        if let Some(ha) = ha {
+            tokio::spawn(signals(shutdown.clone()));
+            fabricmq_broker::ha::run(config, ha, shutdown).await;
+            return anyhow::Ok(());
+        }
         let started = server::start(config, shutdown.clone()).await?;
         if let Some(path) = &cli.ready_file {
             let addrs: Vec<String> = started
@@ -132,6 +209,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+async fn load_profile(
+    config: fabricmq_registry::RegistryConfig,
+    name: &str,
+) -> anyhow::Result<fabricmq_registry::Profile> {
+    let registry = fabricmq_registry::Registry::connect(config).await?;
+    let profile = registry.profile(name).await;
+    registry.close().await;
+    profile?.with_context(|| format!("no profile named {name:?} in the registry"))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 async fn signals(shutdown: CancellationToken) {

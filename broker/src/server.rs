@@ -20,7 +20,8 @@ use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::config::BrokerConfig;
 use crate::connection;
-use crate::store::{Journal, JournalConfig, StoreError};
+use crate::gate::Gate;
+use crate::store::{Journal, JournalConfig, LockMode, StoreError};
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -104,9 +105,42 @@ impl Started {
     }
 }
 
-/// Opens the store, loads users and binds the listeners.
+/// How the fabric's HA lifecycle starts a master (a standalone broker uses the defaults).
+pub struct StartOptions {
+    /// The epoch this master won (0 = standalone: no fencing).
+    pub epoch: u64,
+    /// How to treat the data directory's lock.
+    pub lock: LockMode,
+    /// The serving gate.
+    pub gate: Arc<Gate>,
+    /// Directory of the temporary store (spilled non-persistent messages); `<data>/tmp` when
+    /// `None`. Brokers sharing a data directory each need their own.
+    pub temp_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            epoch: 0,
+            lock: LockMode::Required,
+            gate: Arc::new(Gate::always_open()),
+            temp_dir: None,
+        }
+    }
+}
+
+/// Opens the store, loads users and binds the listeners (standalone broker).
 pub async fn start(
     config: BrokerConfig,
+    shutdown: CancellationToken,
+) -> Result<Started, StartError> {
+    start_with(config, StartOptions::default(), shutdown).await
+}
+
+/// Opens the store with `opts` (epoch fencing, lock mode), loads users and binds the listeners.
+pub async fn start_with(
+    config: BrokerConfig,
+    opts: StartOptions,
     shutdown: CancellationToken,
 ) -> Result<Started, StartError> {
     let started = Instant::now();
@@ -124,6 +158,8 @@ pub async fn start(
     jc.segment_bytes = config.journal.segment_bytes.0;
     jc.salvage = config.journal.salvage;
     jc.body_cache_bytes = config.limits.max_memory.0 / 2;
+    jc.epoch = opts.epoch;
+    jc.lock = opts.lock;
     let dir = jc.dir.clone();
     let (journal, recovered) = tokio::task::spawn_blocking(move || Journal::open(jc))
         .await
@@ -140,7 +176,10 @@ pub async fn start(
             source,
         })?;
     // The temporary store holds spilled non-persistent messages of this run only.
-    let tmp_dir = config.data_dir.join("tmp");
+    let tmp_dir = opts
+        .temp_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("tmp"));
     let _ = std::fs::remove_dir_all(&tmp_dir);
     let mut tc = JournalConfig::new(&tmp_dir);
     tc.segment_bytes = config.journal.segment_bytes.0;
@@ -173,7 +212,15 @@ pub async fn start(
             })?;
         listeners.push((url.to_string(), l));
     }
-    let broker = Broker::new(config, journal, temp, recovered, Arc::new(auth), shutdown);
+    let broker = Broker::new(
+        config,
+        journal,
+        temp,
+        recovered,
+        Arc::new(auth),
+        opts.gate,
+        shutdown,
+    );
     Ok(Started {
         broker,
         listeners,

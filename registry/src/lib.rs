@@ -1,81 +1,84 @@
-//! fabricmq's registry crate: the only crate that will talk to ZooKeeper.
+//! fabricmq's registry crate: the only crate that talks to ZooKeeper.
 //!
-//! Until the fabric issue lands this crate owns only the registry *layout*: the node paths and the
-//! JSON records that brokers publish and clients read. Keeping the layout here from the start means
-//! the broker, the client's discovery and `mq-fabric` agree on one definition.
+//! It keeps the fabric's shared state in ZooKeeper, as plain JSON nodes under a root
+//! (default [`DEFAULT_ROOT`]): broker profiles, the members of each master/slave group, the
+//! group's epoch counter and its master record. Modules:
+//!
+//! - [`layout`]: node paths and the JSON records (no I/O);
+//! - [`config`]: [`RegistryConfig`] and the connect-string parser;
+//! - [`error`]: [`RegistryError`] and the mapping of the ZooKeeper library's errors;
+//! - `session`: [`Registry`] (one ZooKeeper session), its [`SessionEvent`]s and the timeout
+//!   wrapper every call goes through;
+//! - `election`: membership, the herd-free wait for first place, epochs, the fenced master
+//!   record and its watch stream;
+//! - `profiles`: profile CRUD;
+//! - `testing` (feature `test-server`): a real ZooKeeper child process for tests.
+//!
+//! The public API exposes no type of the ZooKeeper library (`zookeeper-client`), so it can be
+//! swapped. Every call is bounded by [`RegistryConfig::op_timeout`]; a hung connection is reported
+//! as [`RegistryError::ConnectionLoss`] or [`RegistryError::Timeout`], never as a hang.
 
-use serde::{Deserialize, Serialize};
+pub mod config;
+mod election;
+pub mod error;
+pub mod layout;
+mod profiles;
+mod session;
+#[cfg(feature = "test-server")]
+pub mod testing;
 
-/// Default root of every fabricmq node in ZooKeeper.
-pub const DEFAULT_ROOT: &str = "/fabric";
-
-/// Paths of the nodes a group uses, relative to a registry root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupPaths {
-    /// `<root>/registry/clusters/<group>`.
-    pub group: String,
-}
-
-impl GroupPaths {
-    /// Paths for `group` under `root` (for example `/fabric`).
-    pub fn new(root: &str, group: &str) -> Self {
-        let root = root.trim_end_matches('/');
-        Self {
-            group: format!("{root}/registry/clusters/{group}"),
-        }
-    }
-
-    /// Parent of the ephemeral sequential member nodes.
-    pub fn members(&self) -> String {
-        format!("{}/members", self.group)
-    }
-
-    /// The ephemeral node holding the current master record.
-    pub fn master(&self) -> String {
-        format!("{}/master", self.group)
-    }
-
-    /// The persistent node holding the group's last epoch.
-    pub fn epoch(&self) -> String {
-        format!("{}/epoch", self.group)
-    }
-}
-
-/// The record a serving master publishes: who it is and where clients connect.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MasterRecord {
-    /// Container name of the master.
-    pub container: String,
-    /// Epoch the master won.
-    pub epoch: u64,
-    /// Client endpoints, e.g. `stomp://127.0.0.1:61613`.
-    pub services: Vec<String>,
-    /// Milliseconds since the Unix epoch when it became master.
-    pub since: u64,
-}
+pub use config::RegistryConfig;
+pub use election::{EpochClaim, Member, MemberInfo};
+pub use error::{ErrorKind, RegistryError};
+pub use layout::{
+    GroupPaths, Layout, MasterRecord, MemberRecord, MemberState, Profile, DEFAULT_ROOT,
+};
+pub use session::{Registry, SessionEvent};
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn paths_follow_the_documented_layout() {
-        let p = GroupPaths::new("/fabric/", "default");
-        assert_eq!(p.members(), "/fabric/registry/clusters/default/members");
-        assert_eq!(p.master(), "/fabric/registry/clusters/default/master");
-        assert_eq!(p.epoch(), "/fabric/registry/clusters/default/epoch");
+    fn is_send<T: Send>(_: &T) {}
+    fn is_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
+
+    /// The broker and tools spawn these futures on a multi-threaded runtime: they must stay `Send`.
+    #[allow(dead_code)]
+    fn futures_are_send(
+        r: Registry,
+        m: Member,
+        rec: MemberRecord,
+        claim: EpochClaim,
+        master: MasterRecord,
+        p: Profile,
+    ) {
+        is_send(&Registry::connect(r.config().clone()));
+        is_send(&r.join("g", &rec));
+        is_send(&r.update_member(&m, &rec));
+        is_send(&r.member_exists(&m));
+        is_send(&r.members("g"));
+        is_send(&r.wait_until_first(&m));
+        is_send(&r.predecessor(&m));
+        is_send(&r.remove_member_node("g", "n"));
+        is_send(&r.next_epoch("g"));
+        is_send(&r.current_epoch("g"));
+        is_send(&r.publish_master("g", claim, &master));
+        is_send(&r.remove_master("g"));
+        is_send(&r.remove_master_any("g"));
+        is_send(&r.master("g"));
+        is_send(&r.watch_master("g"));
+        is_send(&r.groups());
+        is_send(&r.create_profile(&p));
+        is_send(&r.put_profile(&p));
+        is_send(&r.profile("p"));
+        is_send(&r.profiles());
+        is_send(&r.delete_profile("p"));
+        is_send(&r.close());
     }
 
     #[test]
-    fn master_record_is_plain_json() {
-        let r = MasterRecord {
-            container: "broker1".into(),
-            epoch: 3,
-            services: vec!["stomp://127.0.0.1:61613".into()],
-            since: 1,
-        };
-        let json = serde_json::to_string(&r).unwrap();
-        assert!(json.contains("\"services\":[\"stomp://127.0.0.1:61613\"]"));
-        assert_eq!(serde_json::from_str::<MasterRecord>(&json).unwrap(), r);
+    fn registry_is_shareable() {
+        is_send_sync_clone::<Registry>();
+        is_send_sync_clone::<RegistryConfig>();
     }
 }

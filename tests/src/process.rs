@@ -42,6 +42,17 @@ pub struct BrokerOptions {
     pub args: Vec<String>,
     /// Environment variables.
     pub env: Vec<(String, String)>,
+    /// Fabric mode: (ZooKeeper connect string, group, container). The broker then starts as a
+    /// group member; `start` returns once it reported its first role (slave or master).
+    pub fabric: Option<(String, String, String)>,
+}
+
+/// A free loopback port (bound and released; fine for tests that must know a port in advance).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 /// A running `mq-broker` process. Killed (SIGKILL) and reaped on drop.
@@ -51,8 +62,10 @@ pub struct BrokerProcess {
     pub log: PathBuf,
     /// Its data directory.
     pub data_dir: PathBuf,
-    /// Its first listener.
+    /// Its first listener (standalone; in fabric mode see [`BrokerProcess::listeners`]).
     pub addr: SocketAddr,
+    /// Fabric mode: the state file the broker rewrites on every role change.
+    state: Option<PathBuf>,
     /// Keeps temporary directories alive.
     _work: Arc<tempfile::TempDir>,
 }
@@ -78,6 +91,7 @@ impl BrokerProcess {
             .unwrap_or(0);
         let log = work.path().join(format!("broker-{n}.log"));
         let ready = work.path().join(format!("ready-{n}.json"));
+        let state = work.path().join(format!("state-{n}.json"));
         let listen = opts
             .listen
             .clone()
@@ -87,10 +101,19 @@ impl BrokerProcess {
         cmd.arg("--listen")
             .arg(&listen)
             .arg("--data")
-            .arg(&data_dir)
-            .arg("--ready-file")
-            .arg(&ready)
-            .args(&opts.args)
+            .arg(&data_dir);
+        match &opts.fabric {
+            None => {
+                cmd.arg("--ready-file").arg(&ready);
+            }
+            Some((zk, group, container)) => {
+                cmd.args(["--zk", zk, "--group", group, "--container", container])
+                    .arg("--state-file")
+                    .arg(&state)
+                    .args(["--advertise-host", "127.0.0.1"]);
+            }
+        }
+        cmd.args(&opts.args)
             .env(
                 "RUST_LOG",
                 std::env::var("BROKER_LOG").unwrap_or_else(|_| "info".into()),
@@ -107,8 +130,14 @@ impl BrokerProcess {
             log,
             data_dir,
             addr: "127.0.0.1:0".parse().expect("literal"),
+            state: opts.fabric.is_some().then_some(state),
             _work: work,
         };
+        if p.state.is_some() {
+            p.wait_role(&["slave", "master"], Duration::from_secs(20))
+                .await?;
+            return Ok(p);
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(text) = std::fs::read_to_string(&ready) {
@@ -179,6 +208,67 @@ impl BrokerProcess {
         }
     }
 
+    /// Fabric mode: the role and listeners the broker last reported (None before the first report).
+    pub fn state(&self) -> Option<(String, Vec<String>, Option<u64>)> {
+        let text = std::fs::read_to_string(self.state.as_ref()?).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let role = v["role"].as_str()?.to_string();
+        let listeners = v["listeners"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some((role, listeners, v["epoch"].as_u64()))
+    }
+
+    /// Fabric mode: the current role ("slave" or "master"), if reported.
+    pub fn role(&self) -> Option<String> {
+        self.state().map(|s| s.0)
+    }
+
+    /// Fabric mode: the first listener as a socket address, when master.
+    pub fn master_addr(&self) -> Option<SocketAddr> {
+        let (role, listeners, _) = self.state()?;
+        if role != "master" {
+            return None;
+        }
+        listeners
+            .first()?
+            .trim_start_matches("stomp://")
+            .parse()
+            .ok()
+    }
+
+    /// Fabric mode: waits until the broker reports one of `roles` (polls its state file, which the
+    /// broker writes on every role change; fails early if the process exits).
+    pub async fn wait_role(&mut self, roles: &[&str], timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(role) = self.role() {
+                if roles.contains(&role.as_str()) {
+                    return Ok(role);
+                }
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("mq-broker exited with {status}:\n{}", self.log_text());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "mq-broker not {roles:?} after {timeout:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// The log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -195,7 +285,8 @@ impl Drop for BrokerProcess {
     fn drop(&mut self) {
         self.kill();
         let log = self.log_text();
-        if std::thread::panicking() || log.contains("panicked at") {
+        let show = std::env::var_os("SHOW_BROKER_LOGS").is_some();
+        if show || std::thread::panicking() || log.contains("panicked at") {
             eprintln!(
                 "---- {} ----\n{log}---- end of log ----",
                 self.log.display()

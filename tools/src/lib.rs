@@ -1,11 +1,15 @@
 //! # fabricmq-tools
 //!
-//! Library behind the `mq-client` command-line tool: a STOMP producer, consumer, queue browser and
-//! load generator ("perf") built on the [`fabricmq_client`] API. It speaks plain STOMP, so it can
-//! drive any STOMP broker (fabricmq, ActiveMQ, ...).
+//! Library behind the command-line tools:
 //!
-//! The binary (`src/bin/mq-client.rs`) only parses flags, sets up logging and the runtime and turns
-//! errors into exit codes; everything else lives here so that it can be unit-tested:
+//! * `mq-client`: a STOMP producer, consumer, queue browser and load generator ("perf") built on
+//!   the [`fabricmq_client`] API. It speaks plain STOMP, so it can drive any STOMP broker
+//!   (fabricmq, ActiveMQ, ...);
+//! * `mq-fabric`: the fabric administration tool (clusters, containers, profiles in ZooKeeper),
+//!   entirely in the [`fabric`] module.
+//!
+//! The binaries (`src/bin/`) only parse flags, set up logging and the runtime and turn errors into
+//! exit codes; everything else lives here so that it can be unit-tested. `mq-client`'s modules:
 //!
 //! * [`cli`]: the clap definitions (flag names, defaults, validation);
 //! * [`producer`], [`consumer`], [`browse`], [`perf`]: one module per subcommand;
@@ -23,6 +27,7 @@ pub mod browse;
 pub mod cli;
 pub mod common;
 pub mod consumer;
+pub mod fabric;
 pub mod perf;
 pub mod producer;
 pub mod progress;
@@ -30,7 +35,7 @@ pub mod report;
 
 use cli::{Cli, Command};
 
-/// Runs the subcommand selected on the command line.
+/// Runs the `mq-client` subcommand selected on the command line.
 ///
 /// Reports (JSON or human summary) are printed before this returns. An `Err` means the run failed
 /// (could not connect, a send failed, fewer messages than requested arrived, ...); the caller

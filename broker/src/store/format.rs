@@ -35,6 +35,18 @@ const OP_ACK: u8 = 2;
 /// Flag bit of an `Add`: a producer sequence follows.
 const FLAG_PRODUCER: u8 = 1;
 
+/// Flag bit of a segment header: a fence follows the producer table.
+const HEADER_FLAG_FENCE: u16 = 1;
+
+/// One entry of a fence: segment `seq` is valid only up to offset `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FenceEntry {
+    /// Sequence number of the fenced (older) segment.
+    pub seq: u64,
+    /// End of the data recovery accepted in it when the fence was written.
+    pub end: u64,
+}
+
 /// Decoded segment header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct SegmentHeader {
@@ -46,6 +58,9 @@ pub(super) struct SegmentHeader {
     pub next_id: u64,
     /// Producer de-duplication table as of the segment's creation.
     pub producers: Vec<(String, u64)>,
+    /// The fence the header carries (written by journals with an epoch > 0),
+    /// sorted by sequence number.
+    pub fence: Option<Vec<FenceEntry>>,
 }
 
 /// Metadata of one operation of an encoded record, kept by the writer to
@@ -228,18 +243,27 @@ pub(super) fn put_op(buf: &mut Vec<u8>, record_start: usize, op: Op) -> OpMeta {
     }
 }
 
-/// Encodes a complete segment header record into `buf`.
+/// Encodes a complete segment header record into `buf`, with a fence when
+/// `fence` is `Some`.
 pub(super) fn put_header<'a>(
     buf: &mut Vec<u8>,
     seq: u64,
     epoch: u64,
     next_id: u64,
     producers: impl ExactSizeIterator<Item = (&'a str, u64)>,
+    fence: Option<&[FenceEntry]>,
 ) {
     let start = begin_record(buf, REC_HEADER);
     buf.extend_from_slice(&MAGIC);
     put_u16(buf, FORMAT_VERSION);
-    put_u16(buf, 0); // flags, reserved
+    put_u16(
+        buf,
+        if fence.is_some() {
+            HEADER_FLAG_FENCE
+        } else {
+            0
+        },
+    );
     put_u64(buf, seq);
     put_u64(buf, epoch);
     put_u64(buf, next_id);
@@ -247,6 +271,14 @@ pub(super) fn put_header<'a>(
     for (p, s) in producers {
         put_str(buf, p);
         put_u64(buf, s);
+    }
+    if let Some(fence) = fence {
+        // One entry per segment file: never near u32::MAX.
+        put_u32(buf, fence.len() as u32);
+        for e in fence {
+            put_u64(buf, e.seq);
+            put_u64(buf, e.end);
+        }
     }
     finish_record(buf, start);
 }
@@ -321,7 +353,10 @@ pub(super) fn decode_header(payload: &[u8]) -> Result<SegmentHeader, &'static st
     if c.u16()? != FORMAT_VERSION {
         return Err("unsupported journal format version");
     }
-    let _flags = c.u16()?;
+    let flags = c.u16()?;
+    if flags & !HEADER_FLAG_FENCE != 0 {
+        return Err("unknown flags in segment header");
+    }
     let seq = c.u64()?;
     let epoch = c.u64()?;
     let next_id = c.u64()?;
@@ -334,6 +369,24 @@ pub(super) fn decode_header(payload: &[u8]) -> Result<SegmentHeader, &'static st
         let s = c.u64()?;
         producers.push((p, s));
     }
+    let fence = if flags & HEADER_FLAG_FENCE != 0 {
+        let count = c.u32()? as usize;
+        let mut fence = Vec::with_capacity(count.min(c.remaining() / 16));
+        for _ in 0..count {
+            let seq = c.u64()?;
+            let end = c.u64()?;
+            fence.push(FenceEntry { seq, end });
+        }
+        if fence.windows(2).any(|w| w[0].seq >= w[1].seq) {
+            return Err("fence entries not sorted by segment");
+        }
+        if fence.iter().any(|e| e.seq >= seq) {
+            return Err("fence names a segment that is not older than its own");
+        }
+        Some(fence)
+    } else {
+        None
+    };
     if c.remaining() != 0 {
         return Err("trailing bytes after segment header");
     }
@@ -342,6 +395,7 @@ pub(super) fn decode_header(payload: &[u8]) -> Result<SegmentHeader, &'static st
         epoch,
         next_id,
         producers,
+        fence,
     })
 }
 
@@ -464,7 +518,14 @@ mod tests {
     #[test]
     fn header_round_trip() {
         let mut buf = Vec::new();
-        put_header(&mut buf, 5, 2, 77, [("a", 1u64), ("b", 2)].into_iter());
+        put_header(
+            &mut buf,
+            5,
+            2,
+            77,
+            [("a", 1u64), ("b", 2)].into_iter(),
+            None,
+        );
         let h = decode_header(&buf[FRAME_LEN..]).unwrap();
         assert_eq!(
             h,
@@ -473,8 +534,45 @@ mod tests {
                 epoch: 2,
                 next_id: 77,
                 producers: vec![("a".into(), 1), ("b".into(), 2)],
+                fence: None,
             }
         );
+        // The flags word of an unfenced header is 0, as before fencing existed.
+        assert_eq!(&buf[FRAME_LEN + 10..FRAME_LEN + 12], &[0, 0]);
+    }
+
+    #[test]
+    fn fenced_header_round_trip_and_validation() {
+        let fence = [
+            FenceEntry { seq: 2, end: 100 },
+            FenceEntry { seq: 4, end: 7 },
+        ];
+        let mut buf = Vec::new();
+        put_header(&mut buf, 9, 3, 1, [("p", 1u64)].into_iter(), Some(&fence));
+        let h = decode_header(&buf[FRAME_LEN..]).unwrap();
+        assert_eq!(h.fence.as_deref(), Some(&fence[..]));
+        assert_eq!((h.seq, h.epoch), (9, 3));
+        // An empty fence is still a fence.
+        let mut buf = Vec::new();
+        put_header(&mut buf, 1, 3, 1, std::iter::empty(), Some(&[]));
+        assert_eq!(
+            decode_header(&buf[FRAME_LEN..]).unwrap().fence,
+            Some(vec![])
+        );
+        // Entries must name older segments, in order.
+        for bad in [
+            [FenceEntry { seq: 4, end: 0 }, FenceEntry { seq: 2, end: 0 }],
+            [FenceEntry { seq: 2, end: 0 }, FenceEntry { seq: 9, end: 0 }],
+        ] {
+            let mut buf = Vec::new();
+            put_header(&mut buf, 9, 3, 1, std::iter::empty(), Some(&bad));
+            assert!(decode_header(&buf[FRAME_LEN..]).is_err());
+        }
+        // Unknown header flags are refused.
+        let mut buf = Vec::new();
+        put_header(&mut buf, 1, 0, 1, std::iter::empty(), None);
+        buf[FRAME_LEN + 10] = 2;
+        assert!(decode_header(&buf[FRAME_LEN..]).is_err());
     }
 
     #[test]

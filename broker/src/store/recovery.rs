@@ -1,6 +1,7 @@
 //! Recovery: scans the segment files in order, rebuilds the live message set,
 //! the index and the per-segment book-keeping, and repairs a torn tail of the
-//! last segment.
+//! last segment. Which files it reads, and how far, comes from the plan made
+//! by [`super::fence::plan`] (fences and stale segments).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -11,12 +12,10 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::format::{self, DecodedOp, SegmentHeader, FRAME_LEN, MAX_RECORD_BYTES};
+use super::fence::{self, Plan};
+use super::format::{self, DecodedOp, FenceEntry, SegmentHeader, FRAME_LEN, MAX_RECORD_BYTES};
 use super::state::{Loc, SegmentInfo, State};
-use super::{
-    io_err, parse_segment_name, JournalConfig, RecoveryReport, StoreError, StoredMessage,
-    Truncation,
-};
+use super::{io_err, JournalConfig, RecoveryReport, StoreError, StoredMessage, Truncation};
 
 /// Read buffer size for scanning (grows for larger records). Small enough
 /// to stay in the CPU cache between the copy from the page cache and the
@@ -51,6 +50,9 @@ pub(super) struct RecoveryOutput {
     pub report: RecoveryReport,
     pub state: State,
     pub last: Option<LastSegment>,
+    /// End of the accepted data of every segment still present, in order:
+    /// the entries of a new fence.
+    pub ends: Vec<FenceEntry>,
 }
 
 /// Result of scanning one segment.
@@ -113,11 +115,13 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Makes at least `n` bytes available at `start`. The caller guarantees
-    /// the file holds them.
-    fn ensure(&mut self, n: usize) -> Result<(), StoreError> {
+    /// Makes at least `n` bytes available at `start`. The caller checked
+    /// that `file_len` covers them; returns `false` if the file ended first
+    /// (it shrank since its length was taken: a writer of an older epoch
+    /// sealed it), and then lowers `file_len` to where it ended.
+    fn ensure(&mut self, n: usize) -> Result<bool, StoreError> {
         if self.end - self.start >= n {
-            return Ok(());
+            return Ok(true);
         }
         self.buf.copy_within(self.start..self.end, 0);
         self.base += self.start as u64;
@@ -129,12 +133,29 @@ impl<'a> Scanner<'a> {
         let file_pos = self.base + self.end as u64;
         let want = ((self.buf.len() - self.end) as u64).min(self.file_len - file_pos) as usize;
         let end = self.end;
-        let res = self
-            .file
-            .read_exact_at(&mut self.buf[end..end + want], file_pos);
-        res.map_err(self.io("read segment"))?;
-        self.end += want;
-        Ok(())
+        let mut got = 0;
+        while got < want {
+            let dst = &mut self.buf[end + got..end + want];
+            match self.file.read_at(dst, file_pos + got as u64) {
+                Ok(0) => {
+                    self.file_len = file_pos + got as u64;
+                    break;
+                }
+                Ok(k) => got += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io("read segment")(e)),
+            }
+        }
+        self.end += got;
+        Ok(self.end - self.start >= n)
+    }
+
+    /// The item for a file that ended early (see [`Scanner::ensure`]).
+    fn shrunk(&self, off: u64) -> Item {
+        Item::Bad {
+            off,
+            reason: format!("segment shrank to {} bytes while being read", self.file_len),
+        }
     }
 
     fn payload(&self, r: Range<usize>) -> &[u8] {
@@ -153,7 +174,9 @@ impl<'a> Scanner<'a> {
                 reason: format!("{remaining} bytes left, too short for a record frame"),
             });
         }
-        self.ensure(FRAME_LEN)?;
+        if !self.ensure(FRAME_LEN)? {
+            return Ok(self.shrunk(off));
+        }
         let mut frame = [0u8; FRAME_LEN];
         frame.copy_from_slice(&self.buf[self.start..self.start + FRAME_LEN]);
         if frame == [0u8; FRAME_LEN] {
@@ -178,7 +201,9 @@ impl<'a> Scanner<'a> {
                 ),
             });
         }
-        self.ensure(total)?;
+        if !self.ensure(total)? {
+            return Ok(self.shrunk(off));
+        }
         let payload = self.start + FRAME_LEN..self.start + total;
         if format::record_crc(typ, &self.buf[payload.clone()]) != crc {
             return Ok(Item::Bad {
@@ -203,8 +228,13 @@ impl<'a> Scanner<'a> {
         self.end = 0;
         while pos < self.file_len {
             let n = (self.file_len - pos).min(self.buf.len() as u64) as usize;
-            let res = self.file.read_exact_at(&mut self.buf[..n], pos);
-            res.map_err(self.io("read segment"))?;
+            let n = match self.file.read_at(&mut self.buf[..n], pos) {
+                // The file shrank: what is left was checked.
+                Ok(0) => return Ok(true),
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io("read segment")(e)),
+            };
             if self.buf[..n].iter().any(|&b| b != 0) {
                 return Ok(false);
             }
@@ -412,20 +442,6 @@ impl Ctx<'_> {
     }
 }
 
-/// Lists the segment files of `dir`, sorted by sequence number.
-fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
-    let mut segs = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_err("list journal directory", dir))? {
-        let entry = entry.map_err(io_err("list journal directory", dir))?;
-        let name = entry.file_name();
-        if let Some(seq) = name.to_str().and_then(parse_segment_name) {
-            segs.push((seq, entry.path()));
-        }
-    }
-    segs.sort_unstable_by_key(|(s, _)| *s);
-    Ok(segs)
-}
-
 /// Salvages a damaged non-last segment: keeps a copy of the dropped bytes
 /// next to it and cuts it at `off` (or sets the whole file aside when its
 /// header is bad).
@@ -455,7 +471,7 @@ fn salvage_segment(
         .open(path)
         .map_err(io_err("open damaged segment", path))?;
     let aside = path.with_file_name(format!("{name}.corrupt-at-{off}"));
-    let mut tail = vec![0u8; (file_len - off).min(usize::MAX as u64) as usize];
+    let mut tail = vec![0u8; file_len.saturating_sub(off).min(usize::MAX as u64) as usize];
     f.read_exact_at(&mut tail, off)
         .map_err(io_err("read damaged segment", path))?;
     let copy = File::create(&aside).map_err(io_err("save damaged bytes", &aside))?;
@@ -471,13 +487,20 @@ fn salvage_segment(
     Ok(true)
 }
 
-/// Recovers the journal in `config.dir` (the directory lock is held).
+/// Recovers the journal in `config.dir` (the directory lock is held, or
+/// was given up under [`super::LockMode::BestEffort`]) following `plan`:
+/// sets its stale segments aside, then reads its segments in order.
+///
+/// With `keep_last`, the last segment is not modified (a torn tail is
+/// reported but not cut off): it belongs to an older epoch and the caller
+/// fences it at its accepted end instead.
 pub(super) fn recover(
     config: &JournalConfig,
     dir_file: &File,
+    plan: Plan,
+    keep_last: bool,
 ) -> Result<RecoveryOutput, StoreError> {
     let dir = config.dir.as_path();
-    let segs = list_segments(dir)?;
     let mut ctx = Ctx {
         config,
         state: State::default(),
@@ -489,25 +512,83 @@ pub(super) fn recover(
         report: RecoveryReport::default(),
         ops: Vec::new(),
     };
+    for (path, reason) in &plan.stale {
+        let aside = fence::set_aside(path)?;
+        tracing::warn!(
+            file = %path.display(),
+            kept_as = %aside.display(),
+            reason = %reason,
+            "journal recovery: segment of a stale writer set aside (never read back)"
+        );
+        ctx.report.stale_segments.push(aside);
+    }
+    if !plan.stale.is_empty() {
+        dir_file
+            .sync_all()
+            .map_err(io_err("fsync directory", dir))?;
+    }
     let mut buf = vec![0u8; SCAN_BUF];
     let mut last = None;
-    let n = segs.len();
-    for (i, (seq, path)) in segs.into_iter().enumerate() {
+    let mut ends = Vec::new();
+    let n = plan.scan.len();
+    for (i, planned) in plan.scan.into_iter().enumerate() {
+        let (seq, path, limit) = (planned.seq, planned.path, planned.limit);
         let is_last = i + 1 == n;
-        let file = OpenOptions::new()
+        let file = match OpenOptions::new()
             .read(true)
-            .write(is_last)
+            .write(is_last && !keep_last)
             .open(&path)
-            .map_err(io_err("open segment", &path))?;
+        {
+            Ok(f) => f,
+            // A writer of an older epoch deleted it after the survey (it
+            // held nothing live in that writer's view).
+            Err(e) if e.kind() == io::ErrorKind::NotFound && config.epoch > 0 => {
+                tracing::warn!(file = %path.display(), "journal recovery: segment deleted by another writer during recovery");
+                continue;
+            }
+            Err(e) => return Err(io_err("open segment", &path)(e)),
+        };
         let file_len = file
             .metadata()
             .map_err(io_err("stat segment", &path))?
             .len();
+        // A fenced segment is read only up to its fenced end.
+        let read_len = match limit {
+            Some(end) => end.min(file_len),
+            None => file_len,
+        };
+        if read_len < file_len {
+            let ignored = file_len - read_len;
+            tracing::warn!(
+                file = %path.display(),
+                fenced_end = read_len,
+                ignored_bytes = ignored,
+                "journal recovery: ignoring bytes appended to a fenced segment by a stale writer"
+            );
+            ctx.report.fenced_bytes += ignored;
+        }
         ctx.state
             .segments
             .insert(seq, SegmentInfo::new(path.clone()));
         ctx.report.segments += 1;
-        let scan = ctx.scan(seq, &path, &file, file_len, is_last, &mut buf)?;
+        if limit == Some(0) {
+            // Fenced before anything in it was accepted: nothing to read (it
+            // holds nothing, so it is deleted like any empty segment).
+            ends.push(FenceEntry { seq, end: 0 });
+            continue;
+        }
+        let mut scan = ctx.scan(seq, &path, &file, read_len, is_last, &mut buf)?;
+        if let Some(end) = limit {
+            if scan.bad.is_none() && scan.data_end < end {
+                scan.bad = Some((
+                    scan.data_end,
+                    format!(
+                        "segment ends at {} before its fenced end {end}",
+                        scan.data_end
+                    ),
+                ));
+            }
+        }
         if let Some(h) = &scan.header {
             ctx.report.last_epoch = Some(h.epoch);
         }
@@ -520,30 +601,41 @@ pub(super) fn recover(
                 let t = Truncation {
                     file: path.clone(),
                     offset: off,
-                    dropped_bytes: file_len - off,
+                    dropped_bytes: file_len.saturating_sub(off),
                     reason,
                 };
-                tracing::warn!(
-                    file = %t.file.display(),
-                    offset = t.offset,
-                    dropped_bytes = t.dropped_bytes,
-                    reason = %t.reason,
-                    "journal recovery: cutting off torn or corrupt tail of the last segment"
-                );
-                file.set_len(off)
-                    .and_then(|()| file.sync_all())
-                    .map_err(io_err("truncate torn segment tail", &path))?;
+                if keep_last {
+                    tracing::warn!(
+                        file = %t.file.display(),
+                        offset = t.offset,
+                        dropped_bytes = t.dropped_bytes,
+                        reason = %t.reason,
+                        "journal recovery: ignoring torn or corrupt tail of the last segment (left in place: fenced at its end)"
+                    );
+                } else {
+                    tracing::warn!(
+                        file = %t.file.display(),
+                        offset = t.offset,
+                        dropped_bytes = t.dropped_bytes,
+                        reason = %t.reason,
+                        "journal recovery: cutting off torn or corrupt tail of the last segment"
+                    );
+                    file.set_len(off)
+                        .and_then(|()| file.sync_all())
+                        .map_err(io_err("truncate torn segment tail", &path))?;
+                    len = off;
+                }
                 if off == 0 {
                     header = None;
                 }
                 data_end = off;
-                len = off;
                 ctx.report.truncated = Some(t);
             }
             if header.is_none() {
                 data_end = 0;
                 header_end = 0;
             }
+            ends.push(FenceEntry { seq, end: data_end });
             last = Some(LastSegment {
                 seq,
                 path,
@@ -562,21 +654,29 @@ pub(super) fn recover(
                     reason,
                 });
             }
+            let dropped_bytes = file_len.saturating_sub(off);
             tracing::error!(
                 file = %path.display(),
                 offset = off,
-                dropped_bytes = file_len - off,
+                dropped_bytes,
                 reason = %reason,
                 "journal recovery: SALVAGE: dropping the rest of a damaged segment; messages and acks in it are lost"
             );
-            if !salvage_segment(&path, file_len, off, dir_file, dir)? {
+            if salvage_segment(&path, file_len, off, dir_file, dir)? {
+                ends.push(FenceEntry { seq, end: off });
+            } else {
                 ctx.state.segments.remove(&seq);
             }
             ctx.report.salvaged.push(Truncation {
                 file: path,
                 offset: off,
-                dropped_bytes: file_len - off,
+                dropped_bytes,
                 reason,
+            });
+        } else {
+            ends.push(FenceEntry {
+                seq,
+                end: scan.data_end,
             });
         }
     }
@@ -590,5 +690,6 @@ pub(super) fn recover(
         report: ctx.report,
         state: ctx.state,
         last,
+        ends,
     })
 }

@@ -81,7 +81,7 @@ fn ids(msgs: &[StoredMessage]) -> Vec<u64> {
 /// Length of a segment header without producers.
 fn header_len_no_producers() -> u64 {
     let mut v = Vec::new();
-    format::put_header(&mut v, 1, 0, 1, std::iter::empty());
+    format::put_header(&mut v, 1, 0, 1, std::iter::empty(), None);
     v.len() as u64
 }
 
@@ -823,6 +823,574 @@ async fn rolls_without_spare_and_with_huge_records() {
     let (_j, rec) = open(&c);
     assert_eq!(ids(&rec.messages), [1, 2, 3]);
     assert_eq!(rec.messages[1].body.as_deref(), Some(&big[..]));
+}
+
+// ---------------------------------------------------------------------------
+// Epoch fencing and lock modes.
+
+fn ha_cfg(dir: &Path, epoch: u64, lock: LockMode, segment_bytes: u64) -> JournalConfig {
+    let mut c = small_cfg(dir, segment_bytes);
+    c.epoch = epoch;
+    c.lock = lock;
+    c
+}
+
+/// Every file of `dir` but the lock file, with its contents.
+fn dir_snapshot(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name() != "lock")
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn epoch_file(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join("EPOCH")).ok()
+}
+
+/// The header of segment `seq` as written on disk.
+fn header_of(dir: &Path, seq: u64) -> format::SegmentHeader {
+    let b = std::fs::read(segment_path(dir, seq)).unwrap();
+    let (len, _, _) = format::parse_frame(b[..format::FRAME_LEN].try_into().unwrap());
+    format::decode_header(&b[format::FRAME_LEN..format::FRAME_LEN + len as usize]).unwrap()
+}
+
+#[tokio::test]
+async fn fenced_open_is_refused_and_touches_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (j, _) = open(&ha_cfg(dir, 5, LockMode::Required, 4096));
+    j.append(vec![Op::Add(msg(1, "/q", b"one"))]).await.unwrap();
+    j.shutdown();
+    assert_eq!(epoch_file(dir).as_deref(), Some("5\n"));
+    let before = dir_snapshot(dir);
+    for (epoch, store) in [(3, 5), (4, 5), (0, 5)] {
+        match Journal::open(ha_cfg(dir, epoch, LockMode::Required, 4096)) {
+            Err(StoreError::Fenced {
+                store_epoch,
+                our_epoch,
+            }) => assert_eq!((store_epoch, our_epoch), (store, epoch)),
+            other => panic!("expected Fenced, got {:?}", other.map(|(_, r)| r.report)),
+        }
+        assert_eq!(dir_snapshot(dir), before, "refused open of epoch {epoch}");
+    }
+    // A higher epoch only in the EPOCH file (a master that crashed in its
+    // open) fences too.
+    std::fs::write(dir.join("EPOCH"), "9\n").unwrap();
+    let before = dir_snapshot(dir);
+    assert!(matches!(
+        Journal::open(ha_cfg(dir, 7, LockMode::Required, 4096)),
+        Err(StoreError::Fenced {
+            store_epoch: 9,
+            our_epoch: 7
+        })
+    ));
+    assert_eq!(dir_snapshot(dir), before);
+    // A garbled EPOCH file is refused, not guessed at.
+    std::fs::write(dir.join("EPOCH"), "nine\n").unwrap();
+    assert!(matches!(
+        Journal::open(ha_cfg(dir, 10, LockMode::Required, 4096)),
+        Err(StoreError::Corrupt { offset: 0, .. })
+    ));
+    std::fs::write(dir.join("EPOCH"), "9\n").unwrap();
+    // The same or a higher epoch opens.
+    let (j, rec) = open(&ha_cfg(dir, 9, LockMode::Required, 4096));
+    assert_eq!(ids(&rec.messages), [1]);
+    assert_eq!(j.epoch(), 9);
+    assert!(!j.is_fenced());
+}
+
+#[tokio::test]
+async fn stale_writer_is_fenced_and_its_late_records_are_never_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // A: the old master (epoch 1). No spare files: its late roll creates a
+    // segment of its own.
+    let mut ca = ha_cfg(dir, 1, LockMode::Required, 2048);
+    ca.preallocate = false;
+    let (a, rec) = open(&ca);
+    assert!(rec.messages.is_empty());
+    assert_eq!(epoch_file(dir).as_deref(), Some("1\n"));
+    for id in 1..=6 {
+        a.append(vec![Op::Add(msg(id, "/queue/ha", &body_for(id, 300)))])
+            .await
+            .unwrap();
+    }
+    a.append(vec![Op::Ack { id: 2 }]).await.unwrap();
+    let a_segments = segment_files(dir);
+    assert!(a_segments.len() >= 2, "{a_segments:?}");
+
+    // B: the new master (epoch 2), while A (paused, say) still holds the lock.
+    let (b, rec) = open(&ha_cfg(dir, 2, LockMode::BestEffort, 2048));
+    assert_eq!(ids(&rec.messages), [1, 3, 4, 5, 6]);
+    assert_eq!(rec.report.last_epoch, Some(1));
+    assert_eq!(epoch_file(dir).as_deref(), Some("2\n"));
+    // B never appends to A's segments: it started one carrying the fence.
+    let b_first = segment_files(dir).last().unwrap().0;
+    assert_eq!(b_first, a_segments.last().unwrap().0 + 1);
+    let h = header_of(dir, b_first);
+    assert_eq!(h.epoch, 2);
+    let fence = h.fence.expect("fence in the new epoch's first segment");
+    assert_eq!(
+        fence.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        a_segments.iter().map(|s| s.0).collect::<Vec<_>>()
+    );
+    b.append(vec![
+        Op::Add(msg(100, "/queue/ha", b"from B")),
+        Op::Ack { id: 3 },
+    ])
+    .await
+    .unwrap();
+
+    // A wakes up: lazy records (one big enough to roll), then one with a waiter.
+    a.append_lazy(vec![Op::Ack { id: 1 }]);
+    a.append_lazy(vec![Op::Add(msg(7, "/queue/ha", &body_for(7, 3000)))]);
+    match a.append(vec![Op::Add(msg(8, "/queue/ha", b"late"))]).await {
+        Err(StoreError::Fenced {
+            store_epoch: 2,
+            our_epoch: 1,
+        }) => {}
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    assert!(a.is_fenced());
+    assert!(a.stats().fenced);
+    assert!(matches!(
+        a.append(vec![Op::Ack { id: 4 }]).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(matches!(a.flush().await, Err(StoreError::Fenced { .. })));
+    a.append_lazy(vec![Op::Ack { id: 5 }]); // dropped, no panic
+                                            // A rolled past B's segment into segments of its own (epoch 1): one
+                                            // for the big record, one for the next.
+    let late: Vec<u64> = segment_files(dir)
+        .into_iter()
+        .map(|s| s.0)
+        .filter(|&s| s > b_first)
+        .collect();
+    assert_eq!(late.len(), 2, "A's late segments");
+    for &seq in &late {
+        assert_eq!(header_of(dir, seq).epoch, 1);
+    }
+    assert!(!b.is_fenced());
+    b.append(vec![Op::Add(msg(101, "/queue/ha", b"B again"))])
+        .await
+        .unwrap();
+    b.shutdown();
+
+    // C (epoch 3): exactly B's view; A's late bytes ignored, its segment set aside.
+    let (c, rec) = open(&ha_cfg(dir, 3, LockMode::BestEffort, 2048));
+    assert_eq!(ids(&rec.messages), [1, 4, 5, 6, 100, 101]);
+    assert!(rec.report.fenced_bytes > 0, "{:?}", rec.report);
+    let stale: Vec<String> = rec
+        .report
+        .stale_segments
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let want: Vec<String> = late
+        .iter()
+        .map(|s| format!("journal-{s:016}.log.stale"))
+        .collect();
+    assert_eq!(stale, want);
+    for &seq in &late {
+        assert!(!seg_exists(dir, seq));
+    }
+    assert_eq!(rec.next_id, 102);
+    c.shutdown();
+    a.shutdown();
+    // Stable across reopens (same epoch: no new segment).
+    let n = segment_files(dir).len();
+    let (c, rec) = open(&ha_cfg(dir, 3, LockMode::Required, 2048));
+    assert_eq!(ids(&rec.messages), [1, 4, 5, 6, 100, 101]);
+    assert!(rec.report.stale_segments.is_empty());
+    assert_eq!(segment_files(dir).len(), n);
+    c.shutdown();
+}
+
+#[tokio::test]
+async fn stale_writer_deletes_no_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (a, _) = open(&ha_cfg(dir, 1, LockMode::Required, 300));
+    for id in 1..=4 {
+        a.append(vec![Op::Add(msg(id, "/q", &body_for(id, 200)))])
+            .await
+            .unwrap();
+    }
+    let before = segment_files(dir);
+    assert_eq!(before.len(), 4);
+    let (b, _) = open(&ha_cfg(dir, 2, LockMode::BestEffort, 300));
+    // A acks everything: segments 1-3 would be deletable for A.
+    a.append_lazy((1..=4).map(|id| Op::Ack { id }).collect());
+    assert!(matches!(a.flush().await, Err(StoreError::Fenced { .. })));
+    assert!(a.is_fenced());
+    for (seq, _) in &before {
+        assert!(
+            seg_exists(dir, *seq),
+            "segment {seq} deleted by a fenced writer"
+        );
+    }
+    assert_eq!(a.stats().segments_deleted, 0);
+    a.shutdown();
+    b.shutdown();
+    let (_c, rec) = open(&ha_cfg(dir, 2, LockMode::Required, 300));
+    assert_eq!(ids(&rec.messages), [1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn fence_survives_deletion_of_the_fencing_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (a, _) = open(&ha_cfg(dir, 1, LockMode::Required, 1 << 20));
+    a.append(vec![Op::Add(msg(1, "/q", &body_for(1, 200)))])
+        .await
+        .unwrap();
+    a.append(vec![Op::Add(msg(2, "/q", &body_for(2, 200)))])
+        .await
+        .unwrap();
+    let (b, rec) = open(&ha_cfg(dir, 2, LockMode::BestEffort, 300));
+    assert_eq!(ids(&rec.messages), [1, 2]);
+    // Segment 1 (A's) is fenced by segment 2 (B's first).
+    assert_eq!(segment_files(dir).len(), 2);
+    // A appends to segment 1 past the fence, then is fenced.
+    a.append_lazy(vec![
+        Op::Add(msg(3, "/q", &body_for(3, 100))),
+        Op::Ack { id: 1 },
+    ]);
+    assert!(matches!(a.flush().await, Err(StoreError::Fenced { .. })));
+    a.shutdown();
+    // B's messages: 10 goes into segment 2, 11 rolls into 3 (whose header
+    // carries the fence on), the ack of 10 into 4: segment 2 is deleted
+    // while segment 1 (m1, m2 live) stays.
+    b.append(vec![Op::Add(msg(10, "/q", &body_for(10, 50)))])
+        .await
+        .unwrap();
+    b.append(vec![Op::Add(msg(11, "/q", &body_for(11, 200)))])
+        .await
+        .unwrap();
+    b.append(vec![Op::Ack { id: 10 }, Op::Ack { id: 2 }])
+        .await
+        .unwrap();
+    b.flush().await.unwrap();
+    b.flush().await.unwrap();
+    assert!(seg_exists(dir, 1));
+    assert!(!seg_exists(dir, 2), "{:?}", segment_files(dir));
+    let carried = header_of(dir, 3).fence.expect("fence carried forward");
+    assert_eq!(carried.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
+    b.shutdown();
+    // Without segment 2, the carried fence still hides A's late records.
+    for epoch in [2, 3] {
+        let (j, rec) = open(&ha_cfg(dir, epoch, LockMode::Required, 300));
+        assert_eq!(ids(&rec.messages), [1, 11], "epoch {epoch}");
+        assert!(rec.report.fenced_bytes > 0);
+        assert!(rec.report.truncated.is_none());
+        j.shutdown();
+    }
+    // Once m1 is acked, B's successor deletes A's segment as usual.
+    let (j, _) = open(&ha_cfg(dir, 3, LockMode::Required, 300));
+    j.append(vec![Op::Ack { id: 1 }]).await.unwrap();
+    j.flush().await.unwrap();
+    j.flush().await.unwrap();
+    assert!(!seg_exists(dir, 1));
+    j.shutdown();
+    let (_j, rec) = open(&ha_cfg(dir, 3, LockMode::Required, 300));
+    assert_eq!(ids(&rec.messages), [11]);
+}
+
+#[tokio::test]
+async fn new_epoch_leaves_a_torn_older_segment_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut c = cfg(dir);
+    c.preallocate = false;
+    let (j, _) = open(&c);
+    j.append(vec![Op::Add(msg(1, "/q", &body_for(1, 40)))])
+        .await
+        .unwrap();
+    j.shutdown();
+    // A torn write at the end of the standalone journal.
+    let seg1 = segment_path(dir, 1);
+    let mut b = std::fs::read(&seg1).unwrap();
+    let clean_len = b.len() as u64;
+    b.extend_from_slice(&[7u8; 33]);
+    std::fs::write(&seg1, &b).unwrap();
+    let (j, rec) = open(&ha_cfg(dir, 1, LockMode::Required, 4096));
+    assert_eq!(ids(&rec.messages), [1]);
+    let t = rec.report.truncated.expect("torn tail reported");
+    assert_eq!((t.offset, t.dropped_bytes), (clean_len, 33));
+    // Not cut off: the segment belongs to the older epoch and is fenced.
+    assert_eq!(std::fs::read(&seg1).unwrap(), b);
+    let fence = header_of(dir, 2).fence.unwrap();
+    assert_eq!((fence[0].seq, fence[0].end), (1, clean_len));
+    j.append(vec![Op::Add(msg(2, "/q", b"two"))]).await.unwrap();
+    j.shutdown();
+    let (_j, rec) = open(&ha_cfg(dir, 1, LockMode::Required, 4096));
+    assert_eq!(ids(&rec.messages), [1, 2]);
+    assert!(rec.report.truncated.is_none());
+    assert_eq!(rec.report.fenced_bytes, 33);
+}
+
+#[tokio::test]
+async fn fencing_journal_sets_aside_blank_and_headerless_last_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let c = ha_cfg(dir, 4, LockMode::Required, 4096);
+    let (j, _) = open(&c);
+    j.append(vec![Op::Add(msg(1, "/q", b"1"))]).await.unwrap();
+    j.shutdown();
+    // Files created by a roll that never wrote a header (ours or a stale
+    // writer's that may still hold them open).
+    std::fs::write(segment_path(dir, 2), vec![0u8; 8192]).unwrap();
+    std::fs::write(segment_path(dir, 3), b"\x05\x00\x00").unwrap();
+    // And leftovers of crashes.
+    std::fs::write(dir.join("journal.fence-4.tmp"), b"partial").unwrap();
+    std::fs::write(dir.join("journal.spare-3.tmp"), b"").unwrap();
+    let (j, rec) = open(&c);
+    assert_eq!(ids(&rec.messages), [1]);
+    assert_eq!(rec.report.stale_segments.len(), 2, "{:?}", rec.report);
+    assert!(!dir.join("journal.fence-4.tmp").exists());
+    assert!(!dir.join("journal.spare-3.tmp").exists());
+    // Same epoch, fence already in place: it continues segment 1.
+    assert_eq!(segment_files(dir).len(), 1);
+    j.append(vec![Op::Add(msg(2, "/q", b"2"))]).await.unwrap();
+    j.shutdown();
+    let (_j, rec) = open(&c);
+    assert_eq!(ids(&rec.messages), [1, 2]);
+}
+
+#[tokio::test]
+async fn writer_restores_a_lowered_epoch_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (j, _) = open(&ha_cfg(dir, 6, LockMode::Required, 4096));
+    // An older master paused in the middle of its open renames its EPOCH in.
+    std::fs::write(dir.join("EPOCH"), "5\n").unwrap();
+    j.append(vec![Op::Add(msg(1, "/q", b"1"))]).await.unwrap();
+    assert_eq!(epoch_file(dir).as_deref(), Some("6\n"));
+    std::fs::remove_file(dir.join("EPOCH")).unwrap();
+    j.append(vec![Op::Add(msg(2, "/q", b"2"))]).await.unwrap();
+    assert_eq!(epoch_file(dir).as_deref(), Some("6\n"));
+    // A higher one fences it, lazy appends included.
+    std::fs::write(dir.join("EPOCH"), "7\n").unwrap();
+    j.append_lazy(vec![Op::Add(msg(3, "/q", b"3"))]);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !j.is_fenced() {
+        assert!(Instant::now() < deadline, "lazy sync never checked EPOCH");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(matches!(
+        j.append(vec![Op::Add(msg(4, "/q", b"4"))]).await,
+        Err(StoreError::Fenced {
+            store_epoch: 7,
+            our_epoch: 6
+        })
+    ));
+    // The waiters for the backlog are released too.
+    j.wait_backlog_below(0).await;
+}
+
+#[tokio::test]
+async fn standalone_journal_writes_no_epoch_file_and_no_fence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let c = small_cfg(dir, 300);
+    let (j, _) = open(&c);
+    for id in 1..=3 {
+        j.append(vec![Op::Add(msg(id, "/q", &body_for(id, 200)))])
+            .await
+            .unwrap();
+    }
+    assert_eq!(j.epoch(), 0);
+    j.shutdown();
+    assert!(epoch_file(dir).is_none());
+    for (seq, _) in segment_files(dir) {
+        let h = header_of(dir, seq);
+        assert_eq!((h.epoch, h.fence), (0, None));
+    }
+    let (j, rec) = open(&c);
+    assert_eq!(ids(&rec.messages), [1, 2, 3]);
+    assert!(rec.report.stale_segments.is_empty());
+    assert_eq!(rec.report.fenced_bytes, 0);
+    assert!(!j.is_fenced());
+}
+
+#[test]
+fn dir_lock_try_and_blocking_acquire() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("created");
+    let first = DirLock::try_acquire(&dir).unwrap().expect("free lock");
+    assert!(dir.is_dir());
+    assert_eq!(first.path(), dir.join("lock"));
+    assert!(DirLock::try_acquire(&dir).unwrap().is_none());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let d = dir.clone();
+    let waiter = std::thread::spawn(move || {
+        let l = DirLock::acquire_blocking(&d).unwrap();
+        tx.send(()).unwrap();
+        l
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "acquired while held"
+    );
+    drop(first);
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("acquire_blocking returns once the holder drops the lock");
+    let second = waiter.join().unwrap();
+    assert!(DirLock::try_acquire(&dir).unwrap().is_none());
+    drop(second);
+    assert!(DirLock::try_acquire(&dir).unwrap().is_some());
+}
+
+#[tokio::test]
+async fn dir_lock_waits_for_an_open_journal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let (j, _) = open(&cfg(&dir));
+    assert!(DirLock::try_acquire(&dir).unwrap().is_none());
+    let d = dir.clone();
+    let waiter = tokio::task::spawn_blocking(move || DirLock::acquire_blocking(&d));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished());
+    j.shutdown();
+    let lock = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("lock released by shutdown")
+        .unwrap()
+        .unwrap();
+    // The slave opens with the lock it waited for.
+    let mut c = cfg(&dir);
+    c.lock = LockMode::Held(lock);
+    let (j, _) = Journal::open(c).unwrap();
+    j.append(vec![Op::Add(msg(1, "/q", b"1"))]).await.unwrap();
+}
+
+#[tokio::test]
+async fn held_lock_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let lock = DirLock::try_acquire(dir).unwrap().unwrap();
+    let mut c = cfg(dir);
+    c.lock = LockMode::Held(lock);
+    let twin = c.clone(); // shares the lock
+    let (j, _) = Journal::open(c).unwrap();
+    j.append(vec![Op::Add(msg(1, "/q", b"1"))]).await.unwrap();
+    // Nobody else gets in: not another process or journal, not a second
+    // journal with the same lock.
+    assert!(matches!(
+        Journal::open(cfg(dir)),
+        Err(StoreError::Locked { .. })
+    ));
+    assert!(DirLock::try_acquire(dir).unwrap().is_none());
+    assert!(matches!(
+        Journal::open(twin.clone()),
+        Err(StoreError::Locked { .. })
+    ));
+    j.shutdown();
+    // The twin still shares the lock; once shut down it can be reused.
+    assert!(DirLock::try_acquire(dir).unwrap().is_none());
+    let (j, rec) = Journal::open(twin).unwrap();
+    assert_eq!(ids(&rec.messages), [1]);
+    j.shutdown();
+    drop(j);
+    assert!(DirLock::try_acquire(dir).unwrap().is_some());
+
+    // A lock of another directory is refused.
+    let other = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir);
+    c.lock = LockMode::Held(DirLock::try_acquire(other.path()).unwrap().unwrap());
+    assert!(matches!(
+        Journal::open(c),
+        Err(StoreError::InvalidOp { id: None, .. })
+    ));
+
+    // BestEffort takes a free lock like Required does.
+    let mut c = cfg(dir);
+    c.lock = LockMode::BestEffort;
+    let (j, _) = Journal::open(c).unwrap();
+    assert!(matches!(
+        Journal::open(cfg(dir)),
+        Err(StoreError::Locked { .. })
+    ));
+    j.shutdown();
+}
+
+#[test]
+fn new_epoch_segment_skips_numbers_taken_by_another_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let dir_file = std::fs::File::open(dir).unwrap();
+    // A stale writer created 5 and 6 under our feet.
+    std::fs::write(segment_path(dir, 5), b"theirs").unwrap();
+    std::fs::write(segment_path(dir, 6), b"").unwrap();
+    let fence = [format::FenceEntry { seq: 4, end: 99 }];
+    let active =
+        writer::create_fence_segment(dir, &dir_file, 5, 3, 42, &HashMap::new(), &fence).unwrap();
+    assert_eq!(active.seq, 7);
+    assert_eq!(std::fs::read(segment_path(dir, 5)).unwrap(), b"theirs");
+    let h = header_of(dir, 7);
+    assert_eq!((h.seq, h.epoch, h.next_id), (7, 3, 42));
+    assert_eq!(h.fence.as_deref(), Some(&fence[..]));
+    assert!(!dir.join("journal.fence-3.tmp").exists());
+    assert_eq!(
+        std::fs::metadata(segment_path(dir, 7)).unwrap().len(),
+        active.pos
+    );
+}
+
+#[tokio::test]
+async fn segment_shorter_than_its_fenced_end_is_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut c = cfg(dir);
+    c.preallocate = false;
+    let (j, _) = open(&c);
+    j.append(vec![Op::Add(msg(1, "/q", &body_for(1, 40)))])
+        .await
+        .unwrap();
+    j.shutdown();
+    let len = std::fs::metadata(segment_path(dir, 1)).unwrap().len();
+    // A fence claiming more data in segment 1 than it holds.
+    let mut h = Vec::new();
+    let fence = [format::FenceEntry {
+        seq: 1,
+        end: len + 100,
+    }];
+    format::put_header(&mut h, 2, 1, 2, std::iter::empty(), Some(&fence));
+    std::fs::write(segment_path(dir, 2), &h).unwrap();
+    let mut c = ha_cfg(dir, 1, LockMode::Required, 4096);
+    match Journal::open(c.clone()) {
+        Err(StoreError::Corrupt { file, offset, .. }) => {
+            assert_eq!((file, offset), (segment_path(dir, 1), len));
+        }
+        other => panic!("expected Corrupt, got {:?}", other.map(|(_, r)| r.report)),
+    }
+    c.salvage = true;
+    let (_j, rec) = open(&c);
+    assert_eq!(ids(&rec.messages), [1]);
+    assert_eq!(rec.report.salvaged.len(), 1);
+}
+
+/// Cost of the writer's EPOCH check (open + read + close + parse):
+/// `cargo test -- --ignored --nocapture bench_epoch_check`
+#[test]
+#[ignore]
+fn bench_epoch_check() {
+    let tmp = tempfile::tempdir_in(env_dir()).unwrap();
+    std::fs::write(tmp.path().join("EPOCH"), "12345\n").unwrap();
+    let n = 100_000u32;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        assert_eq!(fence::read_epoch_file(tmp.path()).unwrap(), Some(12345));
+    }
+    let per = t0.elapsed() / n;
+    eprintln!("EPOCH check: {per:?} per call");
 }
 
 mod props {

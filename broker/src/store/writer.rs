@@ -1,5 +1,5 @@
-//! The writer thread: group commit, segment roll, segment deletion, and the
-//! background pre-allocator of spare segment files.
+//! The writer thread: group commit, segment roll, segment deletion, epoch
+//! checks, and the background pre-allocator of spare segment files.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -12,9 +12,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::format::{self, OpMeta};
+use super::fence;
+use super::format::{self, FenceEntry, OpMeta};
 use super::state::{Loc, SegmentInfo};
 use super::{io_err, lock, segment_path, JournalConfig, Shared, StoreError};
+
+/// How many sequence numbers a fencing writer tries past segment files that
+/// another writer created first before it gives up.
+const MAX_SEQ_SKIP: u64 = 64;
 
 /// Largest amount of space pre-allocated for one segment.
 const MAX_PREALLOC_BYTES: u64 = 256 << 20;
@@ -41,6 +46,9 @@ pub(super) struct Queue {
     pub closed: bool,
     /// Set when the writer hit an I/O error: no new requests are accepted.
     pub failed: Option<String>,
+    /// Set when the writer found a higher epoch in `<dir>/EPOCH`:
+    /// `(store_epoch, our_epoch)`; no new requests are accepted.
+    pub fenced: Option<(u64, u64)>,
     /// The writer is waiting on the condition variable (needs a notify).
     pub writer_idle: bool,
 }
@@ -80,6 +88,10 @@ pub(super) struct Writer {
     segment_bytes: u64,
     /// Epoch written into new segment headers.
     epoch: u64,
+    /// With an epoch > 0: the fence of this epoch, carried into every new
+    /// segment header (trimmed to the segments still present). Also turns on
+    /// the `EPOCH` file checks and no-clobber segment creation.
+    fence: Option<Vec<FenceEntry>>,
     /// Longest time a lazily appended record stays un-synced.
     lazy_interval: Duration,
     /// The segment being appended to.
@@ -149,6 +161,7 @@ impl Writer {
             dir_file,
             segment_bytes: config.segment_bytes,
             epoch: config.epoch,
+            fence: None,
             lazy_interval: config.lazy_sync_interval,
             active,
             producers,
@@ -161,6 +174,12 @@ impl Writer {
             records_since_sync: 0,
             header_buf: Vec::new(),
         }
+    }
+
+    /// Turns epoch fencing on (with an epoch > 0): `fence` is this epoch's
+    /// fence, carried into every new segment header.
+    pub fn set_fence(&mut self, fence: Option<Vec<FenceEntry>>) {
+        self.fence = fence;
     }
 
     /// Positions the file cursor at the end of the data (for a segment
@@ -190,6 +209,11 @@ impl Writer {
     /// Encodes and writes the header of segment `seq` at offset 0 of the
     /// active file and positions the cursor after it.
     fn write_header(&mut self, seq: u64) -> Result<(), StoreError> {
+        if let Some(fence) = &mut self.fence {
+            // Entries of deleted segments are dropped: nothing to fence.
+            let st = lock(&self.shared.state);
+            fence.retain(|e| st.segments.contains_key(&e.seq));
+        }
         let mut buf = std::mem::take(&mut self.header_buf);
         buf.clear();
         format::put_header(
@@ -198,6 +222,7 @@ impl Writer {
             self.epoch,
             self.max_id.saturating_add(1),
             self.producers.iter().map(|(p, s)| (p.as_str(), *s)),
+            self.fence.as_deref(),
         );
         let a = &mut self.active;
         let res = a
@@ -237,32 +262,14 @@ impl Writer {
                 .sync_data()
                 .map_err(io_err("fdatasync sealed segment", &a.path))?;
         }
-        let seq = a.seq + 1;
+        let next = a.seq + 1;
         if was_dirty {
             // The records of the sealed segment are durable now; waiters are
             // completed after the new segment is synced as well.
             self.note_sync();
         }
 
-        let path = segment_path(&self.dir, seq);
-        let spare = match &self.prealloc {
-            Some(p) => p
-                .take_as(&path)
-                .map_err(io_err("rename spare segment", &path))?,
-            None => None,
-        };
-        let (file, file_len) = match spare {
-            Some(spare) => spare,
-            None => {
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .map_err(io_err("create segment", &path))?;
-                (f, 0)
-            }
-        };
+        let (seq, path, file, file_len) = self.create_segment_file(next)?;
         tracing::debug!(segment = %path.display(), preallocated = file_len, "journal: new segment");
         self.spare_requested = false;
         self.active = Active {
@@ -282,6 +289,78 @@ impl Writer {
         // The sealed segment may already be empty.
         st.gc_hint = true;
         Ok(())
+    }
+
+    /// Creates the file of the next segment, `first` or (for a fencing
+    /// writer, when another writer created that file first) one of the
+    /// following numbers, in the spare file if one is ready. A fencing
+    /// writer never replaces an existing file (hard link instead of rename).
+    fn create_segment_file(&mut self, first: u64) -> Result<(u64, PathBuf, File, u64), StoreError> {
+        let no_clobber = self.fence.is_some();
+        let mut seq = first;
+        loop {
+            let path = segment_path(&self.dir, seq);
+            let spare = match &self.prealloc {
+                Some(p) => p.take_as(&path, no_clobber),
+                None => Ok(None),
+            };
+            let (op, res) = match spare {
+                Ok(Some(spare)) => ("rename spare segment", Ok(spare)),
+                Ok(None) => (
+                    "create segment",
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .map(|f| (f, 0)),
+                ),
+                Err(e) => ("rename spare segment", Err(e)),
+            };
+            match res {
+                Ok((file, len)) => return Ok((seq, path, file, len)),
+                Err(e)
+                    if no_clobber
+                        && e.kind() == io::ErrorKind::AlreadyExists
+                        && seq - first < MAX_SEQ_SKIP =>
+                {
+                    tracing::warn!(
+                        segment = %path.display(),
+                        "journal: segment file already created by another writer; using the next number"
+                    );
+                    seq += 1;
+                }
+                Err(e) => return Err(io_err(op, &path)(e)),
+            }
+        }
+    }
+
+    /// Epoch check of a fencing writer (epoch > 0), made after every fsync
+    /// before that batch's waiters are completed, and before any segment is
+    /// deleted: fails with [`StoreError::Fenced`] when `<dir>/EPOCH` holds a
+    /// higher epoch. Costs one open + read + close of a small file. A lower
+    /// or missing value (an older master that was paused in the middle of
+    /// its open replaced the file) is put back to this journal's epoch.
+    pub fn check_epoch(&mut self) -> Result<(), StoreError> {
+        if self.fence.is_none() {
+            return Ok(());
+        }
+        match fence::read_epoch_file(&self.dir)? {
+            Some(e) if e == self.epoch => Ok(()),
+            Some(e) if e > self.epoch => Err(StoreError::Fenced {
+                store_epoch: e,
+                our_epoch: self.epoch,
+            }),
+            found => {
+                tracing::error!(
+                    dir = %self.dir.display(),
+                    found = ?found,
+                    epoch = self.epoch,
+                    "journal: EPOCH file missing or lower than this journal's epoch; restoring it"
+                );
+                fence::write_epoch_file(&self.dir, &self.dir_file, self.epoch)
+            }
+        }
     }
 
     /// fdatasync of the active segment (and the directory if a segment was
@@ -433,6 +512,8 @@ impl Writer {
             let due = self.deadline.is_some_and(|d| now >= d);
             if has_waiters || closing || due {
                 self.sync()?;
+                // Before any waiter learns that its record is durable.
+                self.check_epoch()?;
             } else if self.deadline.is_none() {
                 self.deadline = Some(now + self.lazy_interval);
             }
@@ -467,6 +548,8 @@ impl Writer {
             if victims.is_empty() {
                 return Ok(());
             }
+            // A fenced writer must not delete what the new master reads.
+            self.check_epoch()?;
             let mut removed = Vec::with_capacity(victims.len());
             let mut failed = Vec::new();
             for (seq, path) in victims {
@@ -529,6 +612,64 @@ impl Writer {
         self.shared.stats.failed.store(true, Ordering::Relaxed);
     }
 
+    /// Enters the fenced state: fails every request of `batch` and of the
+    /// queue with [`StoreError::Fenced`], makes every later append fail the
+    /// same way and stops (so nothing is written or deleted any more).
+    fn fenced(&mut self, store_epoch: u64, our_epoch: u64, batch: &mut Vec<Request>) {
+        tracing::error!(
+            dir = %self.dir.display(),
+            store_epoch,
+            our_epoch,
+            "journal: FENCED: a newer master took the journal over; refusing all appends and segment deletions"
+        );
+        let mut rest = {
+            let mut q = lock(&self.shared.queue);
+            q.fenced = Some((store_epoch, our_epoch));
+            std::mem::take(&mut q.items)
+        };
+        batch.append(&mut rest);
+        self.release_backlog(batch);
+        self.forget_pending(batch);
+        // Before the waiters hear of it, so that they see `is_fenced()`.
+        self.shared.fenced.store(true, Ordering::Release);
+        for req in batch.drain(..) {
+            if let Some(w) = req.waiter {
+                let _ = w.send(Err(StoreError::Fenced {
+                    store_epoch,
+                    our_epoch,
+                }));
+            }
+        }
+    }
+
+    /// Stops the writer after an error: fenced state or failure. A fencing
+    /// writer that fails for another reason first looks at `EPOCH`: errors
+    /// of a stale writer usually come from the new master's changes (a spare
+    /// or segment of the old epoch removed), and must read as `Fenced`.
+    fn stop_on(&mut self, err: StoreError, batch: &mut Vec<Request>) {
+        let err = match err {
+            StoreError::Fenced { .. } => err,
+            _ if self.fence.is_some() => match fence::read_epoch_file(&self.dir) {
+                Ok(Some(e)) if e > self.epoch => {
+                    tracing::warn!(error = %err, "journal: write failed after a newer master took over");
+                    StoreError::Fenced {
+                        store_epoch: e,
+                        our_epoch: self.epoch,
+                    }
+                }
+                _ => err,
+            },
+            _ => err,
+        };
+        match err {
+            StoreError::Fenced {
+                store_epoch,
+                our_epoch,
+            } => self.fenced(store_epoch, our_epoch, batch),
+            err => self.fail(err, batch),
+        }
+    }
+
     /// Accounts `batch` as written and wakes appenders waiting for the backlog to shrink.
     fn release_backlog(&self, batch: &[Request]) {
         let bytes: u64 = batch.iter().map(|r| r.record.len() as u64).sum();
@@ -540,7 +681,7 @@ impl Writer {
     pub fn run(mut self) {
         let mut batch: Vec<Request> = Vec::new();
         if let Err(e) = self.collect_garbage() {
-            self.fail(e, &mut batch);
+            self.stop_on(e, &mut batch);
             return;
         }
         loop {
@@ -586,7 +727,7 @@ impl Writer {
                 }
             });
             if let Err(e) = res {
-                self.fail(e, &mut batch);
+                self.stop_on(e, &mut batch);
                 return;
             }
             self.release_backlog(&batch);
@@ -599,6 +740,85 @@ impl Writer {
             }
         }
     }
+}
+
+/// Creates the first segment of a new epoch atomically: its header, carrying
+/// `fence`, is written to `<dir>/journal.fence-<epoch>.tmp`, fsynced and
+/// hard-linked to the first free segment name from `first_seq` on (never
+/// replacing a file another writer created meanwhile); then the temporary
+/// name is removed and the directory fsynced. A crash leaves either no new
+/// segment or a complete one.
+pub(super) fn create_fence_segment(
+    dir: &Path,
+    dir_file: &File,
+    first_seq: u64,
+    epoch: u64,
+    next_id: u64,
+    producers: &HashMap<String, u64>,
+    fence: &[FenceEntry],
+) -> Result<Active, StoreError> {
+    let tmp = dir.join(format!("journal.fence-{epoch}.tmp"));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io_err("create new segment", &tmp))?;
+    let mut buf = Vec::new();
+    for seq in first_seq..first_seq.saturating_add(MAX_SEQ_SKIP) {
+        buf.clear();
+        format::put_header(
+            &mut buf,
+            seq,
+            epoch,
+            next_id,
+            producers.iter().map(|(p, s)| (p.as_str(), *s)),
+            Some(fence),
+        );
+        let res = file
+            .set_len(0)
+            .and_then(|()| file.write_all_at(&buf, 0))
+            .and_then(|()| file.sync_all());
+        res.map_err(io_err("write new segment", &tmp))?;
+        let path = segment_path(dir, seq);
+        match std::fs::hard_link(&tmp, &path) {
+            Ok(()) => {
+                std::fs::remove_file(&tmp)
+                    .map_err(io_err("remove temporary segment name", &tmp))?;
+                dir_file
+                    .sync_all()
+                    .map_err(io_err("fsync directory", dir))?;
+                let len = buf.len() as u64;
+                return Ok(Active {
+                    seq,
+                    path,
+                    file,
+                    pos: len,
+                    header_end: len,
+                    file_len: len,
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                tracing::warn!(
+                    segment = %path.display(),
+                    "journal: segment file already created by another writer; using the next number"
+                );
+            }
+            Err(e) => return Err(io_err("link new segment", &path)(e)),
+        }
+    }
+    Err(StoreError::Io {
+        op: "create new segment",
+        path: segment_path(dir, first_seq),
+        source: io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "segment numbers {first_seq} to {} are all taken",
+                first_seq.saturating_add(MAX_SEQ_SKIP - 1)
+            ),
+        ),
+    })
 }
 
 /// Prepares one zero-filled, fsynced spare segment file ahead of time so the
@@ -642,16 +862,23 @@ impl Preallocator {
     }
 
     /// Renames the ready spare file, if any, to `dest`. Returns the file and
-    /// its length.
-    pub fn take_as(&self, dest: &Path) -> io::Result<Option<(File, u64)>> {
+    /// its length. With `no_clobber` an existing `dest` is never replaced
+    /// (hard link, then unlink of the spare name): the error is then
+    /// `AlreadyExists` and the spare stays ready.
+    pub fn take_as(&self, dest: &Path, no_clobber: bool) -> io::Result<Option<(File, u64)>> {
         let mut st = lock(&self.st);
-        let Some(f) = st.ready.take() else {
+        if st.ready.is_none() {
             return Ok(None);
-        };
+        }
         // Renamed under the lock: the thread must not start a next spare
         // (same path) before this one is gone.
-        std::fs::rename(&self.path, dest)?;
-        Ok(Some((f, self.size)))
+        if no_clobber {
+            std::fs::hard_link(&self.path, dest)?;
+            std::fs::remove_file(&self.path)?;
+        } else {
+            std::fs::rename(&self.path, dest)?;
+        }
+        Ok(st.ready.take().map(|f| (f, self.size)))
     }
 
     /// Stops the thread (it finishes or abandons the current file).

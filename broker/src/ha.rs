@@ -1,0 +1,532 @@
+//! The fabric's HA lifecycle: one broker container in a master/slave group.
+//!
+//! ```text
+//! connect ──▶ join as slave ──▶ first in line? ──▶ epoch+1 (CAS) ──▶ open store (fenced by epoch)
+//!    ▲          (no listener)     (predecessor      ──▶ listeners ──▶ publish master record ──▶ serve
+//!    │                             watch; store lock                                            │
+//!    └──────────── step down: master record removed, gate closed, clients dropped, store ◀─────┘
+//!                  released, session closed; rejoin as a new member
+//! ```
+//!
+//! Rules this module owns:
+//! - **ZooKeeper is the authority, the store lock a guard.** A slave next in line also waits on the
+//!   shared store's lock: the kernel releases it when the master's process dies, so the slave can
+//!   remove the dead master's registry entries itself and take over at once instead of waiting for
+//!   the session to expire. A master elected by ZooKeeper whose predecessor still holds the lock (a
+//!   paused process) opens the store anyway; the journal's epoch fencing makes the stale process
+//!   harmless.
+//! - **Two-stage session handling.** Connection suspended → the [`Gate`] closes at once (nothing is
+//!   acknowledged, state stays warm). Reconnected within a third of the session timeout with the
+//!   member node and the epoch unchanged → the gate reopens. Otherwise, or on expiry, or when the
+//!   journal reports itself fenced → step down and rejoin. A paused process finds its gate closed by
+//!   its stopped heart and re-checks with ZooKeeper before acknowledging anything.
+//! - **Registry entries tell the truth.** The member record says slave / activating / master; the
+//!   master record is created only after the listeners are bound and removed before they close.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fabricmq_registry::{
+    EpochClaim, MasterRecord, Member, MemberRecord, MemberState, Registry, RegistryConfig,
+    RegistryError, SessionEvent,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::BrokerConfig;
+use crate::gate::Gate;
+use crate::message::now_ms;
+use crate::server::{self, StartError, StartOptions};
+use crate::store::{DirLock, LockMode, StoreError};
+
+/// What a container needs to take part in a group.
+#[derive(Debug, Clone)]
+pub struct HaSettings {
+    /// ZooKeeper connection.
+    pub registry: RegistryConfig,
+    /// Group name.
+    pub group: String,
+    /// This container's name.
+    pub container: String,
+    /// Profile it runs, if any (shown by `mq-fabric container list`).
+    pub profile: Option<String>,
+    /// Host name published in service URLs when a listener binds a wildcard address.
+    pub advertise_host: String,
+    /// Optional file the lifecycle writes `{"role": ..., "listeners": [...], "epoch": N}` to on every
+    /// role change (for scripts and tests).
+    pub state_file: Option<PathBuf>,
+}
+
+/// Why a term as master ended.
+#[derive(Debug)]
+enum Ended {
+    /// Clean stop requested.
+    Shutdown,
+    /// Lost (or could not prove) leadership: rejoin.
+    StepDown(String),
+}
+
+/// Runs the lifecycle until `shutdown` is cancelled.
+pub async fn run(config: BrokerConfig, ha: HaSettings, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let registry = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = Registry::connect(ha.registry.clone()) => r,
+        };
+        let registry = match registry {
+            Ok(r) => {
+                backoff = Duration::from_millis(100);
+                r
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "ZooKeeper unreachable; staying out of the group");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let ended = term(&config, &ha, &registry, &shutdown).await;
+        // Not serving any more, whatever happens next (closing may wait for ZooKeeper).
+        write_state(&ha, "slave", &[], None);
+        match ended {
+            Ok(Ended::Shutdown) => {
+                registry.close().await;
+                return;
+            }
+            Ok(Ended::StepDown(why)) => {
+                warn!(reason = %why, "stepping down; rejoining the group as a new member");
+            }
+            Err(e) => warn!(error = %e, "registry error; rejoining the group"),
+        }
+        registry.close().await;
+    }
+}
+
+fn member_record(
+    ha: &HaSettings,
+    state: MemberState,
+    epoch: Option<u64>,
+    services: &[String],
+    store_locked: bool,
+) -> MemberRecord {
+    MemberRecord {
+        container: ha.container.clone(),
+        host: ha.advertise_host.clone(),
+        profile: ha.profile.clone(),
+        state,
+        epoch,
+        ready: state == MemberState::Master,
+        services: services.to_vec(),
+        started: *START_MS.get_or_init(now_ms),
+        pid: std::process::id(),
+        store_locked,
+    }
+}
+
+/// When this process joined its first group (ms since the Unix epoch).
+static START_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+fn write_state(ha: &HaSettings, role: &str, listeners: &[String], epoch: Option<u64>) {
+    let Some(path) = &ha.state_file else { return };
+    let json = serde_json::json!({
+        "role": role, "listeners": listeners, "epoch": epoch, "pid": std::process::id(),
+    });
+    let tmp = path.with_extension("tmp");
+    if let Err(e) = std::fs::write(&tmp, json.to_string()).and_then(|_| std::fs::rename(&tmp, path))
+    {
+        warn!(file = %path.display(), error = %e, "cannot write the state file");
+    }
+}
+
+/// One membership: slave until first in line, then master until the term ends.
+async fn term(
+    config: &BrokerConfig,
+    ha: &HaSettings,
+    registry: &Registry,
+    shutdown: &CancellationToken,
+) -> Result<Ended, RegistryError> {
+    let member = registry
+        .join(
+            &ha.group,
+            &member_record(ha, MemberState::Slave, None, &[], false),
+        )
+        .await?;
+    let master = registry.master(&ha.group).await.ok().flatten();
+    info!(
+        group = %ha.group,
+        node = %member.node,
+        master = master.as_ref().map(|m| m.container.as_str()).unwrap_or("none"),
+        "joined the group as slave; no client listener is open"
+    );
+    write_state(ha, "slave", &[], None);
+
+    // Wait to be first in line, also watching the store lock when next in line.
+    let lock = match wait_for_turn(config, ha, registry, &member, shutdown).await? {
+        Turn::Shutdown => return Ok(Ended::Shutdown),
+        Turn::Expired => return Ok(Ended::StepDown("session expired while slave".into())),
+        Turn::First(lock) => lock,
+    };
+
+    // Activate. Take the store lock if it is free; if a paused predecessor still holds it,
+    // ZooKeeper's word is enough (the journal's epoch fencing makes the stale process harmless).
+    let activating = Instant::now();
+    let journal_dir = config.data_dir.join("journal");
+    let lock = match lock {
+        Some(l) => Some(l),
+        None => DirLock::try_acquire(&journal_dir).ok().flatten(),
+    };
+    let store_locked = lock.is_some();
+    registry
+        .update_member(
+            &member,
+            &member_record(ha, MemberState::Activating, None, &[], store_locked),
+        )
+        .await?;
+    let claim = registry.next_epoch(&ha.group).await?;
+    info!(
+        epoch = claim.epoch,
+        store_locked, "first in line: activating as master"
+    );
+    let session_timeout = registry.config().session_timeout;
+    let gate = Arc::new(Gate::with_heart(session_timeout / 3));
+    let lock_mode = match lock {
+        Some(l) => LockMode::Held(l),
+        None => LockMode::BestEffort,
+    };
+    let server_token = CancellationToken::new();
+    let temp_dir = config.data_dir.join("tmp").join(sanitize(&ha.container));
+    let started = server::start_with(
+        config.clone(),
+        StartOptions {
+            epoch: claim.epoch,
+            lock: lock_mode,
+            gate: gate.clone(),
+            temp_dir: Some(temp_dir),
+        },
+        server_token.clone(),
+    )
+    .await;
+    let started = match started {
+        Ok(s) => s,
+        Err(StartError::Store {
+            source:
+                StoreError::Fenced {
+                    store_epoch,
+                    our_epoch,
+                },
+            ..
+        }) => {
+            return Ok(Ended::StepDown(format!(
+                "the store holds epoch {store_epoch}, newer than ours ({our_epoch})"
+            )));
+        }
+        Err(e) => {
+            error!(error = %e, "cannot start as master");
+            // Let another member try; come back after a pause.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return Ok(Ended::StepDown(format!("start failed: {e}")));
+        }
+    };
+    let services: Vec<String> = started
+        .local_addrs()
+        .iter()
+        .map(|a| {
+            let host = if a.ip().is_unspecified() {
+                ha.advertise_host.clone()
+            } else {
+                a.ip().to_string()
+            };
+            format!("stomp://{host}:{}", a.port())
+        })
+        .collect();
+    let journal = started.broker.journal.clone();
+    let serve = tokio::spawn(started.serve());
+    gate.open();
+
+    // Publish: the master record appears only now that the listeners are bound.
+    let record = MasterRecord {
+        container: ha.container.clone(),
+        epoch: claim.epoch,
+        services: services.clone(),
+        since: now_ms(),
+    };
+    if let Err(e) = publish(registry, &ha.group, claim, &record).await {
+        gate.close();
+        server_token.cancel();
+        let _ = serve.await;
+        return Ok(Ended::StepDown(format!(
+            "cannot publish the master record: {e}"
+        )));
+    }
+    let master_record = |locked: bool| {
+        member_record(
+            ha,
+            MemberState::Master,
+            Some(claim.epoch),
+            &services,
+            locked,
+        )
+    };
+    registry
+        .update_member(&member, &master_record(store_locked))
+        .await?;
+    write_state(ha, "master", &services, Some(claim.epoch));
+    info!(
+        epoch = claim.epoch,
+        services = ?services,
+        activation_ms = activating.elapsed().as_millis() as u64,
+        "master: serving"
+    );
+
+    // Serve until something ends the term. Without the store lock, keep trying to take it (the
+    // paused predecessor releases it when it steps down or dies) and say so once held, so that
+    // slaves can again read the lock's release as this process's death.
+    let mut late_lock: Option<DirLock> = None;
+    let ended = if store_locked {
+        watch_term(
+            registry,
+            &member,
+            claim,
+            &gate,
+            &journal,
+            shutdown,
+            session_timeout,
+        )
+        .await
+    } else {
+        let watch = watch_term(
+            registry,
+            &member,
+            claim,
+            &gate,
+            &journal,
+            shutdown,
+            session_timeout,
+        );
+        tokio::pin!(watch);
+        let mut poll = tokio::time::interval(Duration::from_millis(25));
+        loop {
+            tokio::select! {
+                ended = &mut watch => break ended,
+                _ = poll.tick(), if late_lock.is_none() => {
+                    if let Ok(Some(l)) = DirLock::try_acquire(&journal_dir) {
+                        late_lock = Some(l);
+                        info!("took the store lock released by the previous master");
+                        if let Err(e) = registry.update_member(&member, &master_record(true)).await {
+                            warn!(error = %e, "cannot update the member record");
+                        }
+                    }
+                }
+            }
+        }
+    };
+
+    // The master record disappears before the listeners close.
+    match &ended {
+        Ended::Shutdown => {
+            let _ = registry.remove_master(&ha.group).await;
+            info!("clean stop: master record removed; draining connections");
+            server_token.cancel();
+        }
+        Ended::StepDown(why) => {
+            // Nothing more is acknowledged (gate), listeners and clients go now; the master record
+            // is removed best effort (with ZooKeeper unreachable it vanishes with the session).
+            gate.close();
+            warn!(reason = %why, "stepping down: closing listeners and client connections");
+            server_token.cancel();
+            let _ = tokio::time::timeout(
+                Duration::from_millis(300),
+                registry.remove_master(&ha.group),
+            )
+            .await;
+        }
+    }
+    let _ = serve.await;
+    drop(late_lock);
+    Ok(ended)
+}
+
+enum Turn {
+    First(Option<DirLock>),
+    Shutdown,
+    Expired,
+}
+
+/// Waits until `member` is first in line. Meanwhile it polls the shared store's lock: getting it
+/// proves that the process which held it (the master) is dead, and if that master is this
+/// member's predecessor its registry entries are removed so the election moves on at once.
+async fn wait_for_turn(
+    config: &BrokerConfig,
+    ha: &HaSettings,
+    registry: &Registry,
+    member: &Member,
+    shutdown: &CancellationToken,
+) -> Result<Turn, RegistryError> {
+    let journal_dir = config.data_dir.join("journal");
+    let mut events = registry.events();
+    let mut poll = tokio::time::interval(Duration::from_millis(25));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut held: Option<DirLock> = None;
+    let wait = registry.wait_until_first(member);
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(Turn::Shutdown),
+            r = &mut wait => {
+                return match r {
+                    Ok(()) => Ok(Turn::First(held.take())),
+                    Err(RegistryError::SessionExpired) => Ok(Turn::Expired),
+                    Err(e) => Err(e),
+                };
+            }
+            _ = poll.tick(), if held.is_none() => {
+                let lock = match DirLock::try_acquire(&journal_dir) {
+                    Ok(Some(lock)) => lock,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        warn!(error = %e, "cannot check the store lock");
+                        continue;
+                    }
+                };
+                // Nobody holds the store. If our predecessor is (or was becoming) the master, its
+                // process is gone: remove its entries so the election moves on now.
+                let Some(pred) = registry.predecessor(member).await? else {
+                    // We are first already; `wait` resolves next.
+                    held = Some(lock);
+                    continue;
+                };
+                // Only a predecessor that says it holds the lock can have released it by dying.
+                if pred.record.store_locked && pred.record.state != MemberState::Slave {
+                    warn!(
+                        dead = %pred.record.container,
+                        "the master's process released the store lock: removing its registry entries"
+                    );
+                    registry.remove_master_any(&ha.group).await?;
+                    registry.remove_member_node(&ha.group, &pred.node).await?;
+                    held = Some(lock);
+                } else {
+                    // Another slave is ahead of us: let it take the lock.
+                    drop(lock);
+                }
+            }
+            changed = events.changed() => {
+                if changed.is_err() || *events.borrow() == SessionEvent::Expired {
+                    return Ok(Turn::Expired);
+                }
+            }
+        }
+    }
+}
+
+async fn publish(
+    registry: &Registry,
+    group: &str,
+    claim: EpochClaim,
+    record: &MasterRecord,
+) -> Result<(), RegistryError> {
+    match registry.publish_master(group, claim, record).await {
+        Err(RegistryError::NodeExists { .. }) => {
+            // We are first in line, so the previous master's member node is gone and with it its
+            // session (or we proved its process dead): its master node is stale.
+            registry.remove_master_any(group).await?;
+            registry.publish_master(group, claim, record).await
+        }
+        r => r,
+    }
+}
+
+/// Watches the session while serving. Returns why the term ended.
+async fn watch_term(
+    registry: &Registry,
+    member: &Member,
+    claim: EpochClaim,
+    gate: &Gate,
+    journal: &crate::store::Journal,
+    shutdown: &CancellationToken,
+    session_timeout: Duration,
+) -> Ended {
+    let mut events = registry.events();
+    let mut heart = tokio::time::interval(Duration::from_millis(25));
+    heart.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let grace = session_timeout / 3;
+    let mut suspended_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ended::Shutdown,
+            _ = heart.tick() => {
+                let silent = gate.tick();
+                if silent > grace {
+                    // This process was not running (paused): verify before acknowledging anything.
+                    gate.close();
+                    warn!(paused_ms = silent.as_millis() as u64, "this process was paused; checking leadership before serving again");
+                    if !still_leader(registry, member, claim).await {
+                        return Ended::StepDown(format!("paused for {silent:?}; leadership lost"));
+                    }
+                    gate.open();
+                    info!("leadership confirmed after the pause; serving again");
+                }
+                if journal.is_fenced() {
+                    return Ended::StepDown("the journal was fenced by a newer epoch".into());
+                }
+                if let Some(since) = suspended_since {
+                    if since.elapsed() > grace {
+                        return Ended::StepDown(format!(
+                            "ZooKeeper connection suspended for more than {grace:?} (a third of the session timeout)"
+                        ));
+                    }
+                }
+            }
+            changed = events.changed() => {
+                if changed.is_err() {
+                    return Ended::StepDown("registry session closed".into());
+                }
+                let ev = *events.borrow();
+                match ev {
+                    SessionEvent::Disconnected => {
+                        gate.close();
+                        suspended_since.get_or_insert_with(Instant::now);
+                        warn!("ZooKeeper connection suspended: no acknowledgements until it is back");
+                    }
+                    SessionEvent::Connected => {
+                        if suspended_since.take().is_some() {
+                            if still_leader(registry, member, claim).await {
+                                gate.open();
+                                info!("ZooKeeper connection back within the session: serving again");
+                            } else {
+                                return Ended::StepDown("member node or epoch changed while suspended".into());
+                            }
+                        }
+                    }
+                    SessionEvent::Expired => return Ended::StepDown("ZooKeeper session expired".into()),
+                    SessionEvent::Closed | SessionEvent::AuthFailed => {
+                        return Ended::StepDown(format!("registry session {ev:?}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether `member` still exists and the group's epoch is still ours.
+async fn still_leader(registry: &Registry, member: &Member, claim: EpochClaim) -> bool {
+    let exists = registry.member_exists(member).await;
+    let epoch = registry.current_epoch(&member.group).await;
+    matches!((exists, epoch), (Ok(true), Ok(e)) if e == claim.epoch)
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,165 @@
+//! Shared helpers of the fabric scenario tests: a ZooKeeper per test binary, broker groups.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use fabricmq_registry::testing::ZkServer;
+use fabricmq_registry::{MasterRecord, Registry, RegistryConfig};
+use fabricmq_stomp::{Command, Frame};
+use fabricmq_tests::process::{free_port, BrokerOptions, BrokerProcess};
+use fabricmq_tests::raw::{body, Raw};
+use futures::StreamExt;
+
+/// One ZooKeeper for this test binary; each test uses its own chroot.
+pub fn zk() -> &'static ZkServer {
+    static ZK: OnceLock<ZkServer> = OnceLock::new();
+    ZK.get_or_init(|| ZkServer::start().expect("ZooKeeper (apt-get install zookeeper)"))
+}
+
+/// The scenarios run one at a time: each starts several brokers and times failovers on a 2-core
+/// machine, and some stop processes on purpose.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Session timeout the brokers use in these tests (ZooKeeper runs with tickTime 200 ms).
+pub const SESSION: &str = "1s";
+
+pub struct Group {
+    pub zk: String,
+    pub name: String,
+    pub data: tempfile::TempDir,
+    pub brokers: Vec<BrokerProcess>,
+    pub ports: Vec<u16>,
+}
+
+impl Group {
+    pub async fn start(n: usize) -> Group {
+        let zk = zk().chroot_connect();
+        let data = tempfile::tempdir().unwrap();
+        let mut g = Group {
+            zk,
+            name: "default".into(),
+            data,
+            brokers: Vec::new(),
+            ports: Vec::new(),
+        };
+        for i in 0..n {
+            let port = free_port();
+            g.ports.push(port);
+            let b = g.launch(i, port).await;
+            g.brokers.push(b);
+        }
+        g
+    }
+
+    pub async fn launch(&self, i: usize, port: u16) -> BrokerProcess {
+        BrokerProcess::start(BrokerOptions {
+            data_dir: Some(self.data.path().to_path_buf()),
+            listen: Some(format!("stomp://127.0.0.1:{port}")),
+            fabric: Some((
+                self.zk.clone(),
+                self.name.clone(),
+                format!("broker{}", i + 1),
+            )),
+            args: vec!["--session-timeout".into(), SESSION.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+    }
+
+    pub async fn restart(&mut self, i: usize) {
+        let b = self.launch(i, self.ports[i]).await;
+        self.brokers[i] = b;
+    }
+
+    pub async fn registry(&self) -> Registry {
+        let mut c = RegistryConfig::parse(&self.zk).unwrap();
+        c.session_timeout = Duration::from_secs(4);
+        Registry::connect(c).await.unwrap()
+    }
+
+    /// Index of the broker that reports master (waits until exactly one does).
+    pub async fn master(&mut self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let masters: Vec<usize> = (0..self.brokers.len())
+                .filter(|&i| self.brokers[i].role().as_deref() == Some("master"))
+                .collect();
+            if masters.len() == 1 {
+                return masters[0];
+            }
+            assert!(masters.len() <= 1, "two masters: {masters:?}");
+            assert!(Instant::now() < deadline, "no master after {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub fn no_panics(&self) {
+        for b in &self.brokers {
+            b.assert_no_panic();
+        }
+    }
+}
+
+/// Waits for a master record different from `old` (by container or epoch); returns it.
+pub async fn next_master(
+    registry: &Registry,
+    group: &str,
+    old: Option<&MasterRecord>,
+) -> MasterRecord {
+    let mut stream = Box::pin(registry.watch_master(group));
+    let fut = async {
+        while let Some(rec) = stream.next().await {
+            if let Some(rec) = rec {
+                if old.is_none_or(|o| o.epoch != rec.epoch) {
+                    return rec;
+                }
+            }
+        }
+        panic!("master watch ended");
+    };
+    tokio::time::timeout(Duration::from_secs(20), fut)
+        .await
+        .expect("no new master record within 20s")
+}
+
+pub fn addr_of(rec: &MasterRecord) -> std::net::SocketAddr {
+    rec.services[0]
+        .trim_start_matches("stomp://")
+        .parse()
+        .unwrap()
+}
+
+pub async fn put_many(addr: std::net::SocketAddr, dest: &str, prefix: &str, n: usize) {
+    let mut p = Raw::connect(addr, "admin", "admin").await;
+    for i in 0..n {
+        p.send(
+            Frame::new(Command::Send)
+                .header("destination", dest)
+                .header("receipt", format!("r{i}"))
+                .with_body(format!("{prefix}{i}")),
+        )
+        .await;
+    }
+    for i in 0..n {
+        let r = p.expect(Command::Receipt).await;
+        assert_eq!(r.get("receipt-id"), Some(format!("r{i}").as_str()));
+    }
+}
+
+pub async fn drain(addr: std::net::SocketAddr, dest: &str, n: usize) -> Vec<String> {
+    let mut c = Raw::connect(addr, "admin", "admin").await;
+    c.subscribe("s", dest, "client-individual", &[("prefetch", "200")])
+        .await;
+    let mut got = Vec::new();
+    while got.len() < n {
+        let Some(m) = c.recv().await else { break };
+        c.ack(&m).await;
+        got.push(body(&m));
+    }
+    for f in c.barrier().await {
+        got.push(body(&f));
+    }
+    got
+}
