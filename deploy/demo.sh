@@ -1,59 +1,61 @@
 #!/usr/bin/env bash
-# The project's demo (README "Run the demo"): builds the release binaries, starts an mq-broker on
-# a free loopback port with a temporary data directory, sends 1000 persistent messages with
-# mq-client, kills the broker with SIGKILL, restarts it on the same data, and consumes the 1000
-# messages (the consumer checks every producer sequence for gaps and duplicates).
-# Stops only the broker it started, also on Ctrl-C.
+# The project's demo (README "Run the demo"): the fabric in action on this machine.
+#  1. builds the release binaries (and installs Debian's zookeeper package if missing);
+#  2. starts a ZooKeeper and a two-container master/slave group "default" (deploy/fabric-dev.sh)
+#     sharing one data directory, on free loopback ports;
+#  3. prints cluster-list, sends 1000 persistent messages to the master (a receipt for each);
+#  4. kills the master with kill -9: the slave takes over within a fraction of a second;
+#  5. prints cluster-list again and consumes the 1000 messages from the new master (the consumer
+#     checks every producer sequence for gaps and duplicates).
+# Everything it starts is stopped again (by PID), also on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
 count="${COUNT:-1000}"
-echo "==> building release binaries (first run takes a few minutes)"
-cargo build --release --locked --bins -q
-bin=target/release
-work="$(mktemp -d)"
-pid=""
-stop() {
-  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  fi
-}
-trap 'stop; rm -rf "$work"' EXIT INT TERM
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+export FABRIC_DIR="$(mktemp -d)"
+export ZK_PORT="$(free_port)" STOMP_PORT="$(free_port)"
+export BIN=target/release
+trap 'deploy/fabric-dev.sh stop >/dev/null; [ -n "${KEEP_LOGS:-}" ] && cp "$FABRIC_DIR"/*.log /tmp/ 2>/dev/null; rm -rf "$FABRIC_DIR"' EXIT INT TERM
 
-start() {
-  rm -f "$work/ready.json"
-  "$bin/mq-broker" --listen "stomp://127.0.0.1:${port:-0}" --data "$work/data" \
-    --ready-file "$work/ready.json" >>"$work/broker.log" 2>&1 &
-  pid=$!
+echo "==> building release binaries (the first build takes a few minutes)"
+cargo build --release --locked --bins -q
+
+echo "==> ZooKeeper on 127.0.0.1:$ZK_PORT and the group 'default' (broker1, broker2)"
+deploy/fabric-dev.sh start 2 >/dev/null
+zk="127.0.0.1:$ZK_PORT"
+master_of() { python3 - "$FABRIC_DIR" <<'PY'
+import json, glob, sys
+for f in sorted(glob.glob(sys.argv[1] + "/broker*.state")):
+    try:
+        s = json.load(open(f))
+    except Exception:
+        continue
+    if s.get("role") == "master" and s.get("listeners"):
+        print(f.rsplit("/", 1)[1].split(".")[0], s["listeners"][0].replace("stomp://", "tcp://"))
+PY
+}
+wait_master() {
   for _ in $(seq 400); do
-    [[ -s "$work/ready.json" ]] && break
-    kill -0 "$pid" 2>/dev/null || { cat "$work/broker.log"; exit 1; }
+    m="$(master_of)"; [ -n "$m" ] && [ "${m%% *}" != "${1:-}" ] && { echo "$m"; return; }
     sleep 0.025
   done
-  url="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["listeners"][0])' "$work/ready.json")"
-  port="${url##*:}"
-  url="tcp://127.0.0.1:$port"
+  echo "no master" >&2; exit 1
 }
+read -r master url <<<"$(wait_master)"
+"$BIN/mq-fabric" --zk "$zk" cluster-list
 
-echo "==> starting mq-broker"
-start
-echo "    listening on $url (data in $work/data, log in $work/broker.log)"
-
-echo "==> producer: $count persistent messages, a receipt for each"
-"$bin/mq-client" producer --brokerUrl "$url" --user admin --password admin \
+echo "==> producer: $count persistent messages to $url ($master), a receipt for each"
+"$BIN/mq-client" producer --brokerUrl "$url" --user admin --password admin \
   --destination queue://demo.orders --count "$count" --size 256
 
-echo "==> kill -9 the broker, then restart it on the same data directory"
-kill -KILL "$pid"; wait "$pid" 2>/dev/null || true
-start
-grep -o 'journal recovered.*' "$work/broker.log" | tail -1 || true
+echo "==> kill -9 the master ($master)"
+start_ns=$(date +%s%N)
+kill -KILL "$(cat "$FABRIC_DIR/$master.pid")"
+read -r new_master new_url <<<"$(wait_master "$master")"
+echo "    $new_master is master after $(( ($(date +%s%N) - start_ns) / 1000000 )) ms"
+"$BIN/mq-fabric" --zk "$zk" cluster-list
 
-echo "==> consumer: client-individual acks, checking sequences for gaps and duplicates"
-"$bin/mq-client" consumer --brokerUrl "$url" --user admin --password admin \
+echo "==> consumer on the new master $new_url: client-individual acks, gap and duplicate check"
+"$BIN/mq-client" consumer --brokerUrl "$new_url" --user admin --password admin \
   --destination queue://demo.orders --count "$count" --ack individual --timeout 10000
-
-echo "==> browse (should be empty now)"
-"$bin/mq-client" browse --brokerUrl "$url" --user admin --password admin \
-  --destination queue://demo.orders --timeout 2000
-echo "==> demo done: every receipted message came back after kill -9"
+echo "==> demo done: every receipted message survived the master's kill -9"

@@ -45,6 +45,8 @@ pub struct BrokerOptions {
     /// Fabric mode: (ZooKeeper connect string, group, container). The broker then starts as a
     /// group member; `start` returns once it reported its first role (slave or master).
     pub fabric: Option<(String, String, String)>,
+    /// Pass only `args` (no --listen/--data/--ready-file); `start` returns once the process runs.
+    pub raw_args: bool,
 }
 
 /// A free loopback port (bound and released; fine for tests that must know a port in advance).
@@ -98,11 +100,14 @@ impl BrokerProcess {
             .unwrap_or_else(|| "stomp://127.0.0.1:0".into());
         let logf = std::fs::File::create(&log).context("log file")?;
         let mut cmd = Command::new(binary("mq-broker"));
-        cmd.arg("--listen")
-            .arg(&listen)
-            .arg("--data")
-            .arg(&data_dir);
+        if !opts.raw_args {
+            cmd.arg("--listen")
+                .arg(&listen)
+                .arg("--data")
+                .arg(&data_dir);
+        }
         match &opts.fabric {
+            _ if opts.raw_args => {}
             None => {
                 cmd.arg("--ready-file").arg(&ready);
             }
@@ -133,6 +138,9 @@ impl BrokerProcess {
             state: opts.fabric.is_some().then_some(state),
             _work: work,
         };
+        if opts.raw_args {
+            return Ok(p);
+        }
         if p.state.is_some() {
             p.wait_role(&["slave", "master"], Duration::from_secs(20))
                 .await?;

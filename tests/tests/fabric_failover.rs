@@ -28,6 +28,21 @@ async fn exactly_one_master_and_only_its_port_listens() {
         assert_eq!(addr_of(&rec).port(), g.ports[m]);
         let members = registry.members(&g.name).await.unwrap();
         assert_eq!(members.len(), n);
+        // mq-fabric cluster-list shows the master and the slaves.
+        let out = std::process::Command::new(fabricmq_tests::process::binary("mq-fabric"))
+            .args(["--zk", &g.zk, "--json", "cluster-list"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v[0]["cluster"], "default");
+        assert_eq!(v[0]["master"], rec.container.as_str());
+        assert_eq!(v[0]["slaves"].as_array().unwrap().len(), n - 1);
+        assert_eq!(v[0]["services"][0], rec.services[0].as_str());
         for (i, port) in g.ports.iter().enumerate() {
             let open = tokio::net::TcpStream::connect(("127.0.0.1", *port))
                 .await
@@ -37,6 +52,60 @@ async fn exactly_one_master_and_only_its_port_listens() {
         registry.close().await;
         g.no_panics();
     }
+}
+
+#[tokio::test]
+async fn a_container_takes_its_configuration_from_its_profile() {
+    let _serial = SERIAL.lock().await;
+    let zk_connect = zk().chroot_connect();
+    let data = tempfile::tempdir().unwrap();
+    let port = fabricmq_tests::process::free_port();
+    let registry = {
+        let c = fabricmq_registry::RegistryConfig::parse(&zk_connect).unwrap();
+        fabricmq_registry::Registry::connect(c).await.unwrap()
+    };
+    registry
+        .create_profile(&fabricmq_registry::Profile {
+            name: "tolerant".into(),
+            group: "orders".into(),
+            kind: "master-slave".into(),
+            containers: 1,
+            listen: vec![format!("stomp://127.0.0.1:{port}")],
+            data: data.path().display().to_string(),
+            users: None,
+            config: None,
+        })
+        .await
+        .unwrap();
+    // No --listen, --data or --group: all of it comes from the profile.
+    let mut b =
+        fabricmq_tests::process::BrokerProcess::start(fabricmq_tests::process::BrokerOptions {
+            fabric: None,
+            args: vec![
+                "--zk".into(),
+                zk_connect.clone(),
+                "--profile".into(),
+                "tolerant".into(),
+                "--container".into(),
+                "c1".into(),
+                "--state-file".into(),
+                data.path().join("state.json").display().to_string(),
+            ],
+            raw_args: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let rec = next_master(&registry, "orders", None).await;
+    assert_eq!(rec.container, "c1");
+    assert_eq!(addr_of(&rec).port(), port);
+    put_many(addr_of(&rec), "/queue/p", "m", 3).await;
+    assert!(
+        data.path().join("journal").exists(),
+        "store not in the profile's data dir"
+    );
+    b.kill();
+    registry.close().await;
 }
 
 #[tokio::test]
