@@ -287,39 +287,26 @@ async fn term(
     // paused predecessor releases it when it steps down or dies) and say so once held, so that
     // slaves can again read the lock's release as this process's death.
     let mut late_lock: Option<DirLock> = None;
-    let ended = if store_locked {
-        watch_term(
-            registry,
-            &member,
-            claim,
-            &gate,
-            &journal,
-            shutdown,
-            session_timeout,
-        )
-        .await
-    } else {
-        let watch = watch_term(
-            registry,
-            &member,
-            claim,
-            &gate,
-            &journal,
-            shutdown,
-            session_timeout,
-        );
-        tokio::pin!(watch);
-        let mut poll = tokio::time::interval(Duration::from_millis(25));
-        loop {
-            tokio::select! {
-                ended = &mut watch => break ended,
-                _ = poll.tick(), if late_lock.is_none() => {
-                    if let Ok(Some(l)) = DirLock::try_acquire(&journal_dir) {
-                        late_lock = Some(l);
-                        info!("took the store lock released by the previous master");
-                        if let Err(e) = registry.update_member(&member, &master_record(true)).await {
-                            warn!(error = %e, "cannot update the member record");
-                        }
+    let watch = watch_term(
+        registry,
+        &member,
+        claim,
+        &gate,
+        &journal,
+        shutdown,
+        session_timeout,
+    );
+    tokio::pin!(watch);
+    let mut poll = tokio::time::interval(Duration::from_millis(25));
+    let ended = loop {
+        tokio::select! {
+            ended = &mut watch => break ended,
+            _ = poll.tick(), if !store_locked && late_lock.is_none() => {
+                if let Ok(Some(l)) = DirLock::try_acquire(&journal_dir) {
+                    late_lock = Some(l);
+                    info!("took the store lock released by the previous master");
+                    if let Err(e) = registry.update_member(&member, &master_record(true)).await {
+                        warn!(error = %e, "cannot update the member record");
                     }
                 }
             }

@@ -22,18 +22,7 @@ use super::Exit;
 
 /// `host:port,host:port` of a connect string, as error messages name it (IPv6 in brackets).
 pub fn servers_text(config: &RegistryConfig) -> String {
-    config
-        .servers
-        .iter()
-        .map(|(h, p)| {
-            if h.contains(':') {
-                format!("[{h}]:{p}")
-            } else {
-                format!("{h}:{p}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    config.servers_string()
 }
 
 /// The message of an unreachable ensemble, e.g.
