@@ -10,6 +10,12 @@
 //!
 //! Dropping every handle (including subscriptions and transactions, which keep
 //! their connection alive) makes the task send DISCONNECT and close.
+//!
+//! With a `failover:(...)` or `discovery:fabric:` URL the task at the other end
+//! of the channel is the failover transport (`failover.rs`): the handles work
+//! the same, requests wait across reconnects (bounded by the URL's `timeout`),
+//! and [`Connection::events`], [`Connection::failovers`] and
+//! [`Connection::downtime_total`] report what happened underneath.
 
 use std::fmt;
 use std::future::Future;
@@ -20,15 +26,19 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fabricmq_stomp::Version;
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, Instrument};
 
-use crate::driver::{handshake, Driver, DriverLinks, Negotiated};
+use crate::discovery::Discovery;
+use crate::driver::{DriverLinks, Negotiated};
 use crate::error::ClientError;
+use crate::failover::{
+    connect_first, dial, driver_for, ConnectionEvent, Endpoint, Policy, Shared, Source, Task,
+    DEDUP_WINDOW,
+};
 use crate::message::{Message, Outgoing};
 use crate::options::{AckMode, ConnectOptions, SubscribeOptions};
-use crate::state::{AckTarget, Command, SendReply, Waiter};
+use crate::state::{AckTarget, Command, ConnState, DedupKey, SendReply, Waiter};
 use crate::url::BrokerUrl;
 
 /// Capacity of the command channel between handles and the connection task.
@@ -38,6 +48,13 @@ const DEFAULT_SUBSCRIPTION_BUFFER: usize = 1024;
 /// Bounds of the subscription buffer size derived from the prefetch.
 const MIN_SUBSCRIPTION_BUFFER: usize = 64;
 const MAX_SUBSCRIPTION_BUFFER: usize = 65_536;
+
+/// The handles' ends of the channels to the connection task.
+struct HandleParts {
+    commands: mpsc::Sender<Command>,
+    written: watch::Receiver<u64>,
+    closed: Arc<AtomicBool>,
+}
 
 struct Inner {
     commands: mpsc::Sender<Command>,
@@ -50,6 +67,7 @@ struct Inner {
     next_id: AtomicU64,
     connect_timeout: Duration,
     peer: String,
+    shared: Arc<Shared>,
 }
 
 /// Cheap-to-clone handle to one STOMP connection (one task owns the socket).
@@ -76,70 +94,193 @@ impl Connection {
     /// Connects over TCP, sends CONNECT and waits for CONNECTED, all within
     /// `opts.connect_timeout`.
     ///
+    /// With a `failover:(...)` or `discovery:fabric:` URL the first connection
+    /// is retried with back-off up to the URL's `startupMaxReconnectAttempts`
+    /// (the last error is returned), and the returned connection reconnects
+    /// by itself whenever its connection fails (see the `failover` module
+    /// docs and [`events`](Self::events)).
+    ///
     /// Errors: [`ClientError::Connect`] when the TCP connection fails,
-    /// [`ClientError::Auth`] when the broker answers with an ERROR,
-    /// [`ClientError::Timeout`] when it takes too long,
-    /// [`ClientError::Protocol`] when the broker's reply makes no sense.
+    /// [`ClientError::Auth`] when the broker answers with an ERROR (never
+    /// retried), [`ClientError::Timeout`] when it takes too long,
+    /// [`ClientError::Protocol`] when the broker's reply makes no sense,
+    /// [`ClientError::Discovery`] when the registry cannot be used.
     ///
     /// # Cancel safety
     /// Dropping the future before it completes closes the half-open socket;
     /// nothing is left running.
     pub async fn connect(url: &BrokerUrl, opts: ConnectOptions) -> Result<Connection, ClientError> {
-        let BrokerUrl::Tcp { host, port } = url;
-        let peer = url.authority();
-        let after = opts.connect_timeout;
-        let attempt = async {
-            let mut stream =
-                TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .map_err(|source| ClientError::Connect {
-                        addr: peer.clone(),
-                        source,
-                    })?;
-            stream.set_nodelay(true)?;
-            let (negotiated, decoder, rbuf) = handshake(&mut stream, host, &opts).await?;
-            Ok::<_, ClientError>((stream, negotiated, decoder, rbuf))
-        };
-        let (stream, negotiated, decoder, rbuf) = tokio::time::timeout(after, attempt)
-            .await
-            .map_err(|_| ClientError::Timeout {
-                what: "connection to the broker",
-                after,
-            })??;
-        debug!(
-            %peer,
-            version = negotiated.version.as_str(),
-            server = negotiated.server.as_deref().unwrap_or(""),
-            send_heart_beat = ?negotiated.send_every,
-            expect_heart_beat = ?negotiated.expect_every,
-            "connected"
-        );
+        match url {
+            BrokerUrl::Tcp { host, port } => Self::connect_tcp(host, *port, opts).await,
+            BrokerUrl::Failover { urls, options } => {
+                let list = urls
+                    .iter()
+                    .map(|u| Endpoint {
+                        host: u.host().to_owned(),
+                        port: u.port(),
+                    })
+                    .collect();
+                let source = Source::fixed(list, options.randomize);
+                Self::connect_failover(source, Policy::from(options), opts, url.to_string()).await
+            }
+            BrokerUrl::Discovery { options, .. } => {
+                let discovery = Discovery::from_url(url).await?;
+                let source = Source::watched(discovery.endpoints(), Box::new(discovery));
+                Self::connect_failover(source, Policy::from(options), opts, url.to_string()).await
+            }
+        }
+    }
 
+    /// A plain connection to one broker (no failover).
+    pub(crate) async fn connect_tcp(
+        host: &str,
+        port: u16,
+        opts: ConnectOptions,
+    ) -> Result<Connection, ClientError> {
+        let ep = Endpoint {
+            host: host.to_owned(),
+            port,
+        };
+        let est = dial(&ep, &opts).await?;
+        let peer = ep.to_string();
+        let shared = Arc::new(Shared::new(false, None, peer.clone()));
+        let (links, parts) = Self::links();
+        let state = ConnState::new(est.negotiated.version);
+        let (driver, negotiated) = driver_for(est, state, links, opts.connect_timeout);
+        let span = tracing::debug_span!("stomp", peer = %peer);
+        tokio::spawn(
+            async move {
+                driver.run().await;
+            }
+            .instrument(span),
+        );
+        Ok(Self::handle(
+            parts,
+            negotiated,
+            opts.connect_timeout,
+            peer,
+            shared,
+        ))
+    }
+
+    /// A failover connection over `source` with `policy`.
+    pub(crate) async fn connect_failover(
+        mut source: Source,
+        policy: Policy,
+        opts: ConnectOptions,
+        label: String,
+    ) -> Result<Connection, ClientError> {
+        let est = connect_first(&mut source, &policy, &opts).await?;
+        let endpoint = est.endpoint.clone();
+        let shared = Arc::new(Shared::new(true, policy.timeout, endpoint.to_string()));
+        let (links, parts) = Self::links();
+        let state = ConnState::new(est.negotiated.version)
+            .with_dedup(DEDUP_WINDOW, shared.duplicates.clone());
+        let (driver, negotiated) = driver_for(est, state, links, opts.connect_timeout);
+        let connect_timeout = opts.connect_timeout;
+        let task = Task {
+            source,
+            policy,
+            opts,
+            shared: shared.clone(),
+        };
+        tracing::info!(%endpoint, url = %label, "connected");
+        shared.emit(ConnectionEvent::Connected {
+            endpoint: endpoint.to_string(),
+        });
+        let span = tracing::debug_span!("stomp", url = %label);
+        tokio::spawn(task.run(driver, endpoint).instrument(span));
+        Ok(Self::handle(
+            parts,
+            negotiated,
+            connect_timeout,
+            label,
+            shared,
+        ))
+    }
+
+    fn links() -> (DriverLinks, HandleParts) {
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (written_tx, written_rx) = watch::channel(0);
         let closed = Arc::new(AtomicBool::new(false));
-        let (reader, writer) = stream.into_split();
         let links = DriverLinks {
             commands: commands_rx,
             written: written_tx,
             closed: closed.clone(),
         };
-        let driver = Driver::new(reader, writer, &negotiated, decoder, rbuf, links, after);
-        let span = tracing::debug_span!("stomp", peer = %peer);
-        tokio::spawn(driver.run().instrument(span));
-
-        Ok(Connection {
-            inner: Arc::new(Inner {
+        (
+            links,
+            HandleParts {
                 commands: commands_tx,
-                send_seq: Mutex::new(0),
                 written: written_rx,
                 closed,
+            },
+        )
+    }
+
+    fn handle(
+        parts: HandleParts,
+        negotiated: Negotiated,
+        connect_timeout: Duration,
+        peer: String,
+        shared: Arc<Shared>,
+    ) -> Connection {
+        Connection {
+            inner: Arc::new(Inner {
+                commands: parts.commands,
+                send_seq: Mutex::new(0),
+                written: parts.written,
+                closed: parts.closed,
                 negotiated,
                 next_id: AtomicU64::new(1),
-                connect_timeout: after,
+                connect_timeout,
                 peer,
+                shared,
             }),
-        })
+        }
+    }
+
+    /// Events of a failover connection (connected, interrupted, resumed),
+    /// from the moment of this call on. A plain `tcp://` connection never
+    /// sends any. A receiver that falls more than 256 events behind loses the
+    /// oldest ([`broadcast`] semantics).
+    pub fn events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.inner.shared.events.subscribe()
+    }
+
+    /// How many times the session moved to a new connection.
+    pub fn failovers(&self) -> u64 {
+        self.inner.shared.failovers.load(Ordering::Relaxed)
+    }
+
+    /// Sum of the time spent without a connection, over every failover.
+    pub fn downtime_total(&self) -> Duration {
+        Duration::from_nanos(self.inner.shared.downtime_ns.load(Ordering::Relaxed))
+    }
+
+    /// How many redeliveries of already acknowledged messages the client
+    /// dropped (failover connections only).
+    pub fn duplicates_dropped(&self) -> u64 {
+        self.inner.shared.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// The broker endpoint (`host:port`) in use, or last used while
+    /// reconnecting.
+    pub fn endpoint(&self) -> String {
+        self.inner
+            .shared
+            .endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// True while a failover connection is between two connections (always
+    /// false for a plain one until it closes).
+    pub fn is_reconnecting(&self) -> bool {
+        self.inner.shared.failover
+            && !self.is_closed()
+            && !self.inner.shared.connected.load(Ordering::Acquire)
     }
 
     /// The CONNECTED `server` header (e.g. `fabricmq/0.1.0`), if the broker sent one.
@@ -179,14 +320,34 @@ impl Connection {
         if self.is_closed() {
             return Err(ClientError::Closed);
         }
-        let permit = self
-            .inner
-            .commands
-            .reserve()
-            .await
-            .map_err(|_| ClientError::Closed)?;
+        let permit = self.reserve().await?;
         permit.send(cmd);
         Ok(())
+    }
+
+    /// Waits for room in the command channel. On a failover connection with a
+    /// `timeout`, a wait that lasts the whole timeout while the transport is
+    /// reconnecting fails with [`ClientError::NotConnected`].
+    async fn reserve(&self) -> Result<mpsc::Permit<'_, Command>, ClientError> {
+        let shared = &self.inner.shared;
+        let Some(t) = shared.timeout.filter(|_| shared.failover) else {
+            return self
+                .inner
+                .commands
+                .reserve()
+                .await
+                .map_err(|_| ClientError::Closed);
+        };
+        loop {
+            match tokio::time::timeout(t, self.inner.commands.reserve()).await {
+                Ok(r) => return r.map_err(|_| ClientError::Closed),
+                Err(_) if !shared.connected.load(Ordering::Acquire) => {
+                    return Err(ClientError::NotConnected { after: t });
+                }
+                // Connected: ordinary backpressure, keep waiting.
+                Err(_) => {}
+            }
+        }
     }
 
     /// Queues the command built around a fresh waiter and waits for its outcome.
@@ -237,12 +398,7 @@ impl Connection {
         if self.is_closed() {
             return Err(ClientError::Closed);
         }
-        let permit = self
-            .inner
-            .commands
-            .reserve()
-            .await
-            .map_err(|_| ClientError::Closed)?;
+        let permit = self.reserve().await?;
         let seq = {
             let mut last = self
                 .inner
@@ -350,10 +506,17 @@ impl Connection {
                 subscription: msg.subscription.clone(),
             }
         };
+        let seen = self
+            .inner
+            .shared
+            .failover
+            .then(|| (msg.subscription.clone(), DedupKey::of(msg)));
         self.enqueue(Command::Ack {
             nack,
             target,
             transaction,
+            generation: msg.generation,
+            seen,
         })
         .await
     }

@@ -14,7 +14,16 @@
 //!   buffer) and hands them to the [`ConnState`];
 //! * sends heart-beats when it wrote nothing for the negotiated interval, and
 //!   declares the peer dead when nothing at all arrived for twice the
-//!   negotiated receive interval.
+//!   negotiated receive interval (which is how a peer that vanished without
+//!   a FIN or RST, e.g. a paused or unplugged broker, is detected).
+//!
+//! # Failover
+//! A driver started by the failover transport (`failover.rs`) is *resumable*:
+//! when its connection fails (anything but a DISCONNECT the client asked
+//! for), [`Driver::run`] does not fail the waiters but hands the session state
+//! and the handles' channels back as a [`Resume`], for the transport to replay
+//! on the next connection. An `interrupt` token lets the transport leave a
+//! connection that still works (the master moved).
 //!
 //! # Backpressure
 //! Every subscription has a bounded buffer. When a MESSAGE arrives for a full
@@ -40,6 +49,7 @@ use fabricmq_stomp::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::error::ClientError;
@@ -216,6 +226,16 @@ pub(crate) struct DriverLinks {
     pub(crate) closed: Arc<AtomicBool>,
 }
 
+/// What a resumable driver hands back when its connection failed.
+pub(crate) struct Resume {
+    /// The session, with every unanswered request still pending.
+    pub(crate) state: ConnState,
+    /// The handles' channels.
+    pub(crate) links: DriverLinks,
+    /// Why the connection ended.
+    pub(crate) reason: CloseReason,
+}
+
 /// The connection task (see the module docs).
 pub(crate) struct Driver<R, W> {
     reader: R,
@@ -243,6 +263,10 @@ pub(crate) struct Driver<R, W> {
     /// Armed once DISCONNECT is written: close even without its receipt.
     disconnect_deadline: Option<std::pin::Pin<Box<Sleep>>>,
     disconnect_timeout: Duration,
+    /// Failover: hand the session back instead of closing it.
+    resumable: bool,
+    /// Failover: leave this connection now.
+    interrupt: Option<CancellationToken>,
 }
 
 impl<R, W> Driver<R, W>
@@ -250,13 +274,16 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    /// A driver for an established, handshaken connection.
+    /// A driver for an established, handshaken connection that carries the
+    /// session `state` (fresh, or replayed by the failover transport).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         reader: R,
         writer: W,
         negotiated: &Negotiated,
         decoder: Decoder,
         rbuf: BytesMut,
+        state: ConnState,
         links: DriverLinks,
         disconnect_timeout: Duration,
     ) -> Self {
@@ -272,7 +299,7 @@ where
             out_seq: None,
             next: BytesMut::with_capacity(READ_CHUNK),
             next_seq: None,
-            state: ConnState::new(negotiated.version),
+            state,
             links,
             accepting: true,
             parked: None,
@@ -288,17 +315,51 @@ where
             )),
             disconnect_deadline: None,
             disconnect_timeout,
+            resumable: false,
+            interrupt: None,
         }
     }
 
-    /// Runs the connection until it closes, then fails whatever still waits.
-    pub(crate) async fn run(mut self) {
+    /// Makes this driver resumable (see the module docs): on a connection
+    /// failure [`run`](Self::run) returns the session instead of closing it,
+    /// and cancelling `interrupt` ends the connection on purpose.
+    pub(crate) fn resumable(mut self, interrupt: CancellationToken) -> Self {
+        self.resumable = true;
+        self.interrupt = Some(interrupt);
+        self
+    }
+
+    /// Runs the connection until it closes, then fails whatever still waits;
+    /// a resumable driver instead returns the session when the connection
+    /// failed (not when the client disconnected).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping the future drops the session (waiters see
+    /// [`ClientError::Closed`]). The failover transport uses the interrupt
+    /// token instead.
+    pub(crate) async fn run(mut self) -> Option<Resume> {
         // Frames that arrived together with CONNECTED.
         let reason = match self.process_input() {
             Ok(()) => self.event_loop().await,
             Err(r) => r,
         };
+        let resume = self.resumable
+            && !reason.is_graceful()
+            && !matches!(reason, CloseReason::DisconnectTimeout)
+            && !self.state.is_disconnecting();
+        if resume {
+            // Nothing more is written; bytes still buffered are lost with the
+            // socket (receipted sends and subscriptions are replayed from the
+            // state, acks are re-done by the de-duplication window).
+            debug!(%reason, "connection lost: handing the session to the failover transport");
+            return Some(Resume {
+                state: self.state,
+                links: self.links,
+                reason,
+            });
+        }
         self.finish(reason).await;
+        None
     }
 
     async fn event_loop(&mut self) -> CloseReason {
@@ -317,6 +378,7 @@ where
             let take_commands = self.accepting && self.next.len() < WRITE_HIGH_WATER;
             let parked_tx = self.parked.as_ref().map(|p| p.deliver.clone());
             let deadline = self.disconnect_deadline.as_mut();
+            let interrupt = self.interrupt.as_ref();
             tokio::select! {
                 r = self.reader.read_buf(&mut self.rbuf), if reading => match r {
                     Ok(0) => return CloseReason::Eof,
@@ -374,6 +436,12 @@ where
                         None => std::future::pending().await,
                     }
                 } => return CloseReason::DisconnectTimeout,
+                () = async move {
+                    match interrupt {
+                        Some(t) => t.cancelled().await,
+                        None => std::future::pending().await,
+                    }
+                } => return CloseReason::Moved("another endpoint".into()),
             }
             self.drain_commands();
             if let Some(p) = &self.parked {
@@ -386,6 +454,20 @@ where
                     }
                 }
             }
+        }
+    }
+
+    /// Failover: replays the carried session on this new connection (which
+    /// negotiated `version`) and then takes the commands held while
+    /// disconnected, in their order. Called before [`run`](Self::run).
+    pub(crate) fn resume_session(
+        &mut self,
+        version: Version,
+        held: impl IntoIterator<Item = Command>,
+    ) {
+        self.state.replay(version, &mut self.next);
+        for cmd in held {
+            self.on_command(cmd);
         }
     }
 

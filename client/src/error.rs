@@ -4,7 +4,10 @@
 //! Its variants separate what a caller may want to react to differently:
 //! a bad URL, a refused TCP connection, rejected credentials, an `ERROR` frame
 //! from the broker, a protocol violation, a timeout, and a connection that is
-//! gone.
+//! gone. The failover transport adds three: a request that waited too long for
+//! a connection ([`ClientError::NotConnected`]), a transaction lost in a
+//! failover ([`ClientError::TransactionLost`]), and a discovery failure
+//! ([`ClientError::Discovery`]).
 
 use std::time::Duration;
 
@@ -69,7 +72,53 @@ pub enum ClientError {
     #[error("connection closed")]
     Closed,
 
+    /// Failover transport: the request waited `after` (the URL's `timeout`
+    /// option) for a connection to a broker and none came. The request was
+    /// not sent (for a SEND that was already written once, the broker may
+    /// still have it).
+    #[error("no broker connection within {after:?} (failover timeout)")]
+    NotConnected {
+        /// How long the request waited.
+        after: Duration,
+    },
+
+    /// Failover transport: the connection failed while transaction
+    /// `transaction` was open. The broker rolls back an open transaction when
+    /// its connection ends, so every send and ack made in it is void; the
+    /// application must run the transaction again. When `outcome_unknown`
+    /// is true the COMMIT had been written but its receipt never came: the
+    /// broker may or may not have committed it.
+    #[error("{}", transaction_lost_message(.transaction, *.outcome_unknown))]
+    TransactionLost {
+        /// The transaction id.
+        transaction: String,
+        /// True when the COMMIT was already on its way.
+        outcome_unknown: bool,
+    },
+
+    /// Broker discovery (the registry) failed, e.g. ZooKeeper could not be
+    /// reached at start-up.
+    #[error("discovery failed: {message}")]
+    Discovery {
+        /// What went wrong.
+        message: String,
+    },
+
     /// An I/O error on an established connection.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+fn transaction_lost_message(transaction: &str, outcome_unknown: bool) -> String {
+    if outcome_unknown {
+        format!(
+            "transaction {transaction}: the connection failed before the COMMIT receipt arrived; \
+             whether the broker committed it is unknown"
+        )
+    } else {
+        format!(
+            "transaction {transaction} was rolled back: the connection failed while it was open; \
+             run it again"
+        )
+    }
 }

@@ -26,6 +26,9 @@
 //!   carry it over a reconnect.
 //! * `driver`: the one task per connection that owns the socket (handshake,
 //!   batched writes, reads, heart-beats, backpressure).
+//! * `failover`: the failover transport under `failover:(...)` and
+//!   `discovery:fabric:` URLs: reconnect with back-off, replay of the
+//!   session, client-side de-duplication, [`ConnectionEvent`]s.
 //!
 //! Outgoing frames are written straight into the connection's write buffer
 //! with the codec's [`fabricmq_stomp::FrameWriter`] (no per-message `Frame`
@@ -46,16 +49,21 @@
 //! never logged nor printed by `Debug`.
 
 mod connection;
+pub mod discovery;
 mod driver;
 mod error;
+mod failover;
 mod message;
 mod options;
 mod state;
 pub mod url;
 
 pub use connection::{Connection, ReceiptFuture, Subscription, Transaction};
+pub use discovery::Discovery;
 pub use error::ClientError;
 pub use fabricmq_stomp::Version;
+pub use failover::ConnectionEvent;
 pub use message::{Message, Outgoing};
 pub use options::{AckMode, ConnectOptions, ParseAckModeError, SubscribeOptions};
+pub use url::FailoverOptions;
 pub use url::{BrokerUrl, Destination, UrlError, DEFAULT_STOMP_PORT};

@@ -59,7 +59,12 @@ pub struct Message {
     /// Value of the MESSAGE `ack` header (STOMP 1.2; `None` in auto mode and
     /// with 1.0/1.1 brokers, which acknowledge by `message-id`).
     pub ack_id: Option<String>,
-    /// True when the `redelivered: true` header is present.
+    /// True when the `redelivered: true` header is present: the broker
+    /// delivered this message before (to this or another consumer) without it
+    /// being acknowledged, e.g. because a connection failed. With a failover
+    /// URL, redeliveries of messages this client already acknowledged are
+    /// dropped by the client; the ones that reach the application were never
+    /// acknowledged by it.
     pub redelivered: bool,
     /// `delivery-count` header, 1 if absent or unparsable.
     pub delivery_count: u32,
@@ -67,6 +72,10 @@ pub struct Message {
     pub headers: Vec<(String, String)>,
     /// The message body.
     pub body: Bytes,
+    /// Which connection of a failover session delivered it (0 for the first).
+    /// An ACK for a message of an earlier connection is not sent: the broker
+    /// redelivers the message on the new connection anyway.
+    pub(crate) generation: u64,
 }
 
 impl Message {
@@ -128,6 +137,7 @@ impl Message {
                 .unwrap_or(1),
             headers: frame.headers,
             body: frame.body,
+            generation: 0,
         }
     }
 }

@@ -12,8 +12,16 @@
 //! reuse it: after reconnecting, the driver calls [`ConnState::replay`] to
 //! re-subscribe and to re-send every `SEND` whose receipt never came (with the
 //! same `producer-id`/`producer-seq`, so the broker can drop duplicates).
+//!
+//! For a failover session it also remembers, per subscription, a bounded
+//! window of the messages the application acknowledged ([`Seen`]), so that
+//! the broker's redelivery of a message whose ACK was lost with the old
+//! connection is dropped instead of handed to the application twice; and the
+//! transactions open when a connection failed, which then fail with
+//! [`ClientError::TransactionLost`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +86,12 @@ pub(crate) enum Command {
         nack: bool,
         target: AckTarget,
         transaction: Option<Arc<str>>,
+        /// The connection generation of the message (see [`Message`]); an
+        /// ACK for an earlier connection's delivery is not written.
+        generation: u64,
+        /// The subscription and identity of the message, recorded as
+        /// acknowledged for client-side de-duplication (failover only).
+        seen: Option<(String, DedupKey)>,
     },
     /// BEGIN (no receipt: a failed BEGIN makes the COMMIT fail).
     Begin { transaction: Arc<str> },
@@ -113,6 +127,9 @@ pub(crate) enum CloseReason {
     Disconnected,
     /// The DISCONNECT receipt did not arrive in time.
     DisconnectTimeout,
+    /// The failover transport left this connection on purpose (the group's
+    /// master moved to another endpoint).
+    Moved(String),
 }
 
 impl CloseReason {
@@ -143,6 +160,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::Protocol(r) => write!(f, "protocol error: {r}"),
             CloseReason::Disconnected => f.write_str("disconnected"),
             CloseReason::DisconnectTimeout => f.write_str("no DISCONNECT receipt in time"),
+            CloseReason::Moved(to) => write!(f, "master moved to {to}"),
         }
     }
 }
@@ -164,7 +182,7 @@ enum PendingKind {
     Send(Outgoing),
     Subscribe(String),
     Unsubscribe,
-    Commit,
+    Commit(Arc<str>),
     Abort,
     Disconnect,
 }
@@ -179,6 +197,82 @@ struct SubEntry {
     ack: AckMode,
     opts: SubscribeOptions,
     deliver: mpsc::Sender<Message>,
+    /// Client-side de-duplication (failover sessions, non-auto acks only).
+    seen: Option<Seen>,
+}
+
+/// What identifies a message across redeliveries: the producer's id and
+/// sequence when it has them (stable whatever the broker), else the broker's
+/// `message-id`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum DedupKey {
+    /// `producer-id` and `producer-seq`.
+    Producer(Arc<str>, u64),
+    /// `message-id`.
+    MessageId(Arc<str>),
+}
+
+impl DedupKey {
+    /// The key of `msg`.
+    pub(crate) fn of(msg: &Message) -> DedupKey {
+        match (msg.header("producer-id"), msg.producer()) {
+            (Some(id), Some((_, seq))) => DedupKey::Producer(Arc::from(id), seq),
+            _ => DedupKey::MessageId(Arc::from(msg.message_id.as_str())),
+        }
+    }
+}
+
+/// Per subscription: the last `window` messages the application acknowledged
+/// (a ring plus a set over it) and, for cumulative (`client`) acks, the
+/// messages handed out and not yet covered by an ACK. Both are bounded, so
+/// memory stays bounded whatever the application does.
+struct Seen {
+    window: usize,
+    acked: HashSet<DedupKey>,
+    order: VecDeque<DedupKey>,
+    /// `client` mode only: handed to the application, not yet acknowledged.
+    handed: VecDeque<DedupKey>,
+}
+
+impl Seen {
+    fn new(window: usize) -> Seen {
+        Seen {
+            window,
+            acked: HashSet::new(),
+            order: VecDeque::new(),
+            handed: VecDeque::new(),
+        }
+    }
+
+    fn record(&mut self, key: DedupKey) {
+        if self.acked.insert(key.clone()) {
+            self.order.push_back(key);
+            while self.order.len() > self.window {
+                if let Some(old) = self.order.pop_front() {
+                    self.acked.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn handed(&mut self, key: DedupKey) {
+        self.handed.push_back(key);
+        while self.handed.len() > self.window {
+            self.handed.pop_front();
+        }
+    }
+
+    /// A cumulative ACK of `key`: it and everything handed out before it.
+    fn acked_up_to(&mut self, key: &DedupKey) {
+        if let Some(pos) = self.handed.iter().position(|k| k == key) {
+            let covered: Vec<DedupKey> = self.handed.drain(..=pos).collect();
+            for k in covered {
+                self.record(k);
+            }
+        } else {
+            self.record(key.clone());
+        }
+    }
 }
 
 /// The STOMP session state of one connection (see the module docs).
@@ -190,6 +284,16 @@ pub(crate) struct ConnState {
     subs: HashMap<String, SubEntry>,
     disconnect_receipt: Option<u64>,
     disconnected: bool,
+    /// Incremented by every [`replay`](Self::replay) (one per reconnect).
+    generation: u64,
+    /// Size of the per-subscription de-duplication window; 0 disables it.
+    dedup_window: usize,
+    /// Redeliveries dropped by the de-duplication window.
+    duplicates: Arc<AtomicU64>,
+    /// Transactions begun and not yet committed or aborted.
+    open_tx: HashSet<Arc<str>>,
+    /// Transactions that were open when a connection failed.
+    lost_tx: HashSet<Arc<str>>,
 }
 
 impl ConnState {
@@ -202,7 +306,27 @@ impl ConnState {
             subs: HashMap::new(),
             disconnect_receipt: None,
             disconnected: false,
+            generation: 0,
+            dedup_window: 0,
+            duplicates: Arc::new(AtomicU64::new(0)),
+            open_tx: HashSet::new(),
+            lost_tx: HashSet::new(),
         }
+    }
+
+    /// Turns on client-side de-duplication (failover sessions): each
+    /// non-auto subscription remembers the last `window` acknowledged
+    /// messages and drops their redeliveries, counting them in `duplicates`.
+    pub(crate) fn with_dedup(mut self, window: usize, duplicates: Arc<AtomicU64>) -> ConnState {
+        self.dedup_window = window;
+        self.duplicates = duplicates;
+        self
+    }
+
+    /// The connection generation (0 before the first reconnect).
+    #[cfg(test)]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Requests still waiting for a receipt.
@@ -251,6 +375,13 @@ impl ConnState {
         }
         match cmd {
             Command::Send {
+                transaction: Some(t),
+                ..
+            } if self.lost_tx.contains(&t) => {
+                debug!(transaction = %t, "dropping a SEND of a transaction lost in a failover");
+                None
+            }
+            Command::Send {
                 msg,
                 transaction,
                 reply,
@@ -286,6 +417,8 @@ impl ConnState {
             } => {
                 let receipt = self.receipt_id();
                 self.encode_subscribe(&id, &destination, ack, &opts, Some(receipt), out);
+                let seen = (self.dedup_window > 0 && ack != AckMode::Auto)
+                    .then(|| Seen::new(self.dedup_window));
                 self.subs.insert(
                     id.clone(),
                     SubEntry {
@@ -293,6 +426,7 @@ impl ConnState {
                         ack,
                         opts,
                         deliver,
+                        seen,
                     },
                 );
                 self.pending.insert(
@@ -327,7 +461,33 @@ impl ConnState {
                 nack,
                 target,
                 transaction,
+                generation,
+                seen,
             } => {
+                if let Some(t) = &transaction {
+                    if self.lost_tx.contains(t) {
+                        return None;
+                    }
+                }
+                if let (false, None, Some((sub, key))) = (nack, &transaction, seen) {
+                    if let Some(entry) = self.subs.get_mut(&sub) {
+                        let mode = entry.ack;
+                        if let Some(seen) = entry.seen.as_mut() {
+                            match mode {
+                                AckMode::Client => seen.acked_up_to(&key),
+                                _ => seen.record(key),
+                            }
+                        }
+                    }
+                }
+                if generation != self.generation {
+                    // Delivered by an earlier connection: its ack id means
+                    // nothing (or something else) on this one. The broker
+                    // redelivers the message; the de-duplication window drops
+                    // (and re-acknowledges) that copy.
+                    debug!("not sending an ACK for a delivery of a previous connection");
+                    return None;
+                }
                 self.encode_ack(nack, &target, transaction.as_deref(), out);
                 None
             }
@@ -335,13 +495,30 @@ impl ConnState {
                 let mut w = self.writer(out, StompCommand::Begin, 32 + transaction.len());
                 w.header("transaction", &transaction);
                 w.finish(b"");
+                self.open_tx.insert(transaction);
                 None
             }
             Command::Commit { transaction, reply } => {
+                if self.lost_tx.remove(&transaction) {
+                    let _ = reply.send(Err(ClientError::TransactionLost {
+                        transaction: transaction.to_string(),
+                        outcome_unknown: false,
+                    }));
+                    return None;
+                }
+                self.open_tx.remove(&transaction);
                 self.encode_tx_end(StompCommand::Commit, &transaction, Some(reply), out);
                 None
             }
             Command::Abort { transaction, reply } => {
+                if self.lost_tx.remove(&transaction) {
+                    // The broker already rolled it back with the old connection.
+                    if let Some(w) = reply {
+                        let _ = w.send(Ok(()));
+                    }
+                    return None;
+                }
+                self.open_tx.remove(&transaction);
                 self.encode_tx_end(StompCommand::Abort, &transaction, reply, out);
                 None
             }
@@ -501,7 +678,7 @@ impl ConnState {
         w.finish(b"");
         if let (Some(r), Some(w)) = (receipt, reply) {
             let kind = if cmd == StompCommand::Commit {
-                PendingKind::Commit
+                PendingKind::Commit(Arc::from(transaction))
             } else {
                 PendingKind::Abort
             };
@@ -579,15 +756,56 @@ impl ConnState {
         }
     }
 
-    fn deliver(&mut self, msg: Message, out: &mut BytesMut) -> Option<Parked> {
-        let Some(sub) = self.subs.get(&msg.subscription) else {
+    fn deliver(&mut self, mut msg: Message, out: &mut BytesMut) -> Option<Parked> {
+        msg.generation = self.generation;
+        let version = self.version;
+        let Some(sub) = self.subs.get_mut(&msg.subscription) else {
             debug!(subscription = %msg.subscription, message_id = %msg.message_id,
                 "dropping MESSAGE for an unknown subscription");
             return None;
         };
+        let mode = sub.ack;
+        let mut handed = None;
+        let mut duplicate = false;
+        if let Some(seen) = sub.seen.as_mut() {
+            let key = DedupKey::of(&msg);
+            if seen.acked.contains(&key) {
+                duplicate = true;
+            } else if mode == AckMode::Client {
+                handed = Some(key);
+            }
+        }
+        if duplicate {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            debug!(subscription = %msg.subscription, message_id = %msg.message_id,
+                redelivered = msg.redelivered, "dropping a redelivery of an acknowledged message");
+            if mode == AckMode::ClientIndividual {
+                // Settle it on the broker, which lost the first ACK.
+                let target = match (&msg.ack_id, version) {
+                    (Some(id), Version::V1_2) => Some(AckTarget::Id(id.clone())),
+                    (None, Version::V1_2) => None,
+                    _ => Some(AckTarget::MessageId {
+                        message_id: msg.message_id.clone(),
+                        subscription: msg.subscription.clone(),
+                    }),
+                };
+                if let Some(target) = target {
+                    self.encode_ack(false, &target, None, out);
+                }
+            }
+            // `client` mode: the application's next (cumulative) ACK covers it.
+            return None;
+        }
+        let disconnecting = self.is_disconnecting();
+        let sub = self.subs.get_mut(&msg.subscription)?;
+        if let (Some(key), Some(seen)) = (handed, sub.seen.as_mut()) {
+            // Counted as handed out even if parked: it is delivered once the
+            // buffer has room (or redelivered after a failover).
+            seen.handed(key);
+        }
         match sub.deliver.try_send(msg) {
             Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(msg)) if self.is_disconnecting() => {
+            Err(mpsc::error::TrySendError::Full(msg)) if disconnecting => {
                 // Waiting for the DISCONNECT receipt must not depend on the
                 // subscriber making room; nothing can be acked any more anyway.
                 debug!(subscription = %msg.subscription, message_id = %msg.message_id,
@@ -644,15 +862,45 @@ impl ConnState {
     }
 
     /// Failover hook: after a reconnect that negotiated `version`, re-encodes
-    /// a SUBSCRIBE for every live subscription and every SEND still awaiting a
-    /// receipt (same receipt id, same producer headers) into `out`, in their
-    /// original order. Other pending requests (COMMIT, ...) cannot be replayed
-    /// and fail with [`ClientError::Closed`].
-    #[allow(dead_code)] // used by the failover transport (next issue); unit-tested now
+    /// a SUBSCRIBE for every live subscription (with its ack mode and
+    /// options; with its original receipt id if that receipt never came) and
+    /// every SEND still awaiting a receipt (same receipt id, same producer
+    /// headers) into `out`, in their original order. It also starts a new
+    /// connection generation (ACKs for older deliveries are not written) and
+    /// marks every open transaction as lost (see
+    /// [`ClientError::TransactionLost`]). A COMMIT in flight fails with
+    /// `TransactionLost` (outcome unknown); an UNSUBSCRIBE or ABORT in flight
+    /// succeeds (the old connection's end did it).
     pub(crate) fn replay(&mut self, version: Version, out: &mut BytesMut) {
         self.version = version;
-        for (id, s) in &self.subs {
-            self.encode_subscribe(id, &s.destination, s.ack, &s.opts, None, out);
+        self.generation += 1;
+        for t in self.open_tx.drain() {
+            debug!(transaction = %t, "transaction lost with the connection");
+            self.lost_tx.insert(t);
+        }
+        let mut sub_receipts: HashMap<String, u64> = HashMap::new();
+        for (receipt, p) in &self.pending {
+            if let PendingKind::Subscribe(id) = &p.kind {
+                sub_receipts.insert(id.clone(), *receipt);
+            }
+        }
+        let mut subs: Vec<(&String, &SubEntry)> = self.subs.iter().collect();
+        // Subscription ids are `sub-<n>`: replay them in creation order.
+        subs.sort_by_key(|(id, _)| {
+            (
+                id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()),
+                id.to_string(),
+            )
+        });
+        for (id, s) in subs {
+            let receipt = sub_receipts.get(id.as_str()).copied();
+            self.encode_subscribe(id, &s.destination, s.ack, &s.opts, receipt, out);
+        }
+        for seen in self.subs.values_mut().filter_map(|s| s.seen.as_mut()) {
+            // Handed out on the old connection and not acknowledged: the
+            // broker redelivers them, and the application may still ack them
+            // (recorded then). Nothing to carry.
+            seen.handed.clear();
         }
         let pending = std::mem::take(&mut self.pending);
         for (receipt, p) in pending {
@@ -660,6 +908,22 @@ impl ConnState {
                 PendingKind::Send(msg) => {
                     self.encode_send(msg, None, Some(receipt), out);
                     self.pending.insert(receipt, p);
+                }
+                PendingKind::Subscribe(id) if self.subs.contains_key(id) => {
+                    self.pending.insert(receipt, p);
+                }
+                PendingKind::Commit(t) => {
+                    if let Some(w) = p.waiter {
+                        let _ = w.send(Err(ClientError::TransactionLost {
+                            transaction: t.to_string(),
+                            outcome_unknown: true,
+                        }));
+                    }
+                }
+                PendingKind::Unsubscribe | PendingKind::Abort => {
+                    if let Some(w) = p.waiter {
+                        let _ = w.send(Ok(()));
+                    }
                 }
                 _ => {
                     if let Some(w) = p.waiter {
@@ -669,10 +933,42 @@ impl ConnState {
             }
         }
     }
+
+    /// Failover hook: fails every request still waiting for a receipt with
+    /// `err` (the connection stayed down for the whole `timeout`) and forgets
+    /// it, so it is not replayed. Subscriptions whose SUBSCRIBE receipt never
+    /// came are dropped too.
+    pub(crate) fn expire_pending(&mut self, err: impl Fn() -> ClientError) {
+        for (_, p) in std::mem::take(&mut self.pending) {
+            if let PendingKind::Subscribe(id) = &p.kind {
+                self.subs.remove(id);
+            }
+            if let Some(w) = p.waiter {
+                let _ = w.send(Err(err()));
+            }
+        }
+    }
+
+    /// True while requests wait for a receipt.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
 }
 
-/// Fails a command that can no longer be carried out.
-fn reject(cmd: Command) {
+/// True when `cmd` has a caller waiting for its outcome (so it can time out).
+pub(crate) fn has_waiter(cmd: &Command) -> bool {
+    match cmd {
+        Command::Send { reply, .. } => matches!(reply, SendReply::Receipt(_)),
+        Command::Subscribe { .. } | Command::Commit { .. } => true,
+        Command::Unsubscribe { reply, .. }
+        | Command::Abort { reply, .. }
+        | Command::Disconnect { reply } => reply.is_some(),
+        Command::Ack { .. } | Command::Begin { .. } => false,
+    }
+}
+
+/// Fails `cmd` with `err` (its waiter, if any, hears it).
+pub(crate) fn fail_command(cmd: Command, err: ClientError) {
     let waiter = match cmd {
         Command::Send {
             reply: SendReply::Receipt(w),
@@ -685,8 +981,13 @@ fn reject(cmd: Command) {
         _ => None,
     };
     if let Some(w) = waiter {
-        let _ = w.send(Err(ClientError::Closed));
+        let _ = w.send(Err(err));
     }
+}
+
+/// Fails a command that can no longer be carried out.
+fn reject(cmd: Command) {
+    fail_command(cmd, ClientError::Closed);
 }
 
 #[cfg(test)]
@@ -902,8 +1203,15 @@ mod tests {
             })
             .collect();
         assert_eq!(resent, [("2".into(), "1".into()), ("4".into(), "3".into())]);
-        assert!(matches!(crx.try_recv(), Ok(Err(ClientError::Closed))));
+        assert!(matches!(
+            crx.try_recv(),
+            Ok(Err(ClientError::TransactionLost {
+                outcome_unknown: true,
+                ..
+            }))
+        ));
         assert_eq!(s.pending_receipts(), 2);
+        assert_eq!(s.generation(), 1);
     }
 
     #[test]
@@ -960,6 +1268,8 @@ mod tests {
                 nack: false,
                 target: AckTarget::Id("a:b\r".into()),
                 transaction: None,
+                generation: 0,
+                seen: None,
             },
             &mut out,
         );
@@ -1002,6 +1312,8 @@ mod tests {
                     nack: false,
                     target,
                     transaction: Some(Arc::from("tx-1")),
+                    generation: 0,
+                    seen: None,
                 },
                 &mut out,
             );
@@ -1043,6 +1355,8 @@ mod tests {
                 nack: false,
                 target,
                 transaction: None,
+                generation: 0,
+                seen: None,
             },
             &mut out,
         );
