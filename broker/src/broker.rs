@@ -161,7 +161,7 @@ impl Broker {
         for name in order {
             if let Some(msgs) = by_queue.remove(&name) {
                 let q = broker.queue(&name);
-                let fx = q.enqueue(msgs);
+                let fx = q.enqueue_recovered(msgs);
                 broker.apply(fx);
             }
         }

@@ -236,10 +236,28 @@ impl Queue {
 
     /// Adds messages (already journaled if persistent) and dispatches.
     pub fn enqueue(self: &Arc<Self>, msgs: impl IntoIterator<Item = Arc<Message>>) -> Effects {
+        self.enqueue_counted(msgs, 0)
+    }
+
+    /// Adds messages recovered from the journal. They may have been delivered (and not
+    /// acknowledged) before the restart or failover, so their next delivery is flagged
+    /// `redelivered` (delivery counts themselves are not journaled).
+    pub fn enqueue_recovered(
+        self: &Arc<Self>,
+        msgs: impl IntoIterator<Item = Arc<Message>>,
+    ) -> Effects {
+        self.enqueue_counted(msgs, 1)
+    }
+
+    fn enqueue_counted(
+        self: &Arc<Self>,
+        msgs: impl IntoIterator<Item = Arc<Message>>,
+        deliveries: u32,
+    ) -> Effects {
         let mut s = self.lock();
         let mut n = 0;
         for msg in msgs {
-            insert_ready(&mut s, Entry { msg, deliveries: 0 });
+            insert_ready(&mut s, Entry { msg, deliveries });
             n += 1;
         }
         self.stats.enqueued.fetch_add(n, Ordering::Relaxed);
