@@ -47,7 +47,12 @@ pub enum Command {
 /// How to reach and log in to the broker.
 #[derive(Clone, Args)]
 pub struct ConnectionArgs {
-    /// Broker URL (`tcp://host:port` or `stomp://host:port`).
+    /// Broker URL: `tcp://host:port` (or `stomp://host:port`) for one broker;
+    /// `failover:(tcp://a:61613,tcp://b:61613)?options` to reconnect among several (ActiveMQ
+    /// option names: initialReconnectDelay, maxReconnectDelay, useExponentialBackOff,
+    /// backOffMultiplier, maxReconnectAttempts, startupMaxReconnectAttempts, randomize, timeout);
+    /// `discovery:fabric:<group>?zk=host:port&zkRoot=/fabric&options` to follow the master of a
+    /// fabric group (ZooKeeper from `zk=`, else `--zk` / FABRIC_ZK).
     #[arg(
         long = "brokerUrl",
         value_name = "URL",
@@ -75,9 +80,27 @@ pub struct ConnectionArgs {
     #[arg(long = "clientId", value_name = "ID")]
     pub client_id: Option<String>,
 
-    /// ZooKeeper/registry address used by discovery URLs (accepted and ignored for now).
-    #[arg(long, value_name = "ADDRESS")]
+    /// ZooKeeper connect string (`host:port[,host:port...][/chroot]`) for a
+    /// `discovery:fabric:<group>` broker URL that has no `zk=` option (a `zk=` in the URL wins).
+    /// Ignored by the other URL forms.
+    #[arg(long, value_name = "HOST:PORT", env = "FABRIC_ZK")]
     pub zk: Option<String>,
+}
+
+impl ConnectionArgs {
+    /// The broker URL to connect to: `--brokerUrl` with the ZooKeeper address of `--zk` (or
+    /// FABRIC_ZK) filled into a discovery URL that has none. A discovery URL that still has no
+    /// ZooKeeper address is an error naming the ways to give one.
+    pub fn effective_url(&self) -> Result<BrokerUrl, String> {
+        let url = self.broker_url.clone().with_default_zk(self.zk.as_deref());
+        match &url {
+            BrokerUrl::Discovery { zk: None, .. } => Err(format!(
+                "{url} needs a ZooKeeper address: add zk=host:port to the URL, or give --zk \
+                 host:port or set FABRIC_ZK"
+            )),
+            _ => Ok(url),
+        }
+    }
 }
 
 impl fmt::Debug for ConnectionArgs {
@@ -314,6 +337,12 @@ pub struct PerfArgs {
     /// Consumers stop after this many milliseconds without a message.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub timeout: u64,
+
+    /// Collect the client-observed downtime of every failover (on every producer and consumer
+    /// connection) and print its distribution (count, min, p50, p90, max in ms); in the JSON
+    /// object as `failover_downtime_ms`. Meant for failover and discovery broker URLs.
+    #[arg(long = "failover-report")]
+    pub failover_report: bool,
 }
 
 /// Parses `name=value` (the value may contain `=`; the name must not be empty).
@@ -341,6 +370,15 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
 
 /// Cross-flag checks clap cannot express. The error prints like any clap usage error (exit 2).
 pub fn validate(cli: &Cli) -> Result<(), clap::Error> {
+    let (name, connection) = match &cli.command {
+        Command::Producer(a) => ("producer", &a.common.connection),
+        Command::Consumer(a) => ("consumer", &a.common.connection),
+        Command::Browse(a) => ("browse", &a.common.connection),
+        Command::Perf(a) => ("perf", &a.common.connection),
+    };
+    if let Err(msg) = connection.effective_url() {
+        return Err(usage_error(name, &msg));
+    }
     if let Command::Perf(p) = &cli.command {
         if p.producers == 0 && p.consumers == 0 {
             return Err(usage_error(
@@ -627,6 +665,110 @@ mod tests {
             validate(&parse(&["perf", "--producers", "0", "--consumers", "1"]).unwrap()).is_ok()
         );
         assert!(validate(&parse(&["producer"]).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn broker_url_accepts_every_form() {
+        let p = producer(&["--brokerUrl", "failover:(tcp://a:1,tcp://b:2)?timeout=5000"]);
+        let url = p.common.connection.effective_url().unwrap();
+        assert!(matches!(&url, BrokerUrl::Failover { urls, .. } if urls.len() == 2));
+        assert_eq!(
+            url.options().unwrap().timeout,
+            Some(Duration::from_millis(5000))
+        );
+        let p = producer(&["--brokerUrl", "stomp://127.0.0.1:61614"]);
+        assert!(!p.common.connection.broker_url.is_failover());
+        let c = consumer(&["--brokerUrl", "discovery:fabric:default?zk=zk1:2181"]);
+        assert!(matches!(
+            c.common.connection.effective_url().unwrap(),
+            BrokerUrl::Discovery { zk: Some(z), .. } if z == "zk1:2181"
+        ));
+        // Bad URLs are usage errors that name the bad part.
+        let err = parse(&["producer", "--brokerUrl", "failover:(tcp://a:1)?nosuch=1"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("nosuch"), "{err}");
+    }
+
+    #[test]
+    fn zk_flag_completes_discovery_urls() {
+        let p = producer(&[
+            "--brokerUrl",
+            "discovery:fabric:default",
+            "--zk",
+            "zk9:2181",
+        ]);
+        assert!(validate(&Cli {
+            command: Command::Producer(p.clone())
+        })
+        .is_ok());
+        match p.common.connection.effective_url().unwrap() {
+            BrokerUrl::Discovery { group, zk, .. } => {
+                assert_eq!(group, "default");
+                assert_eq!(zk.as_deref(), Some("zk9:2181"));
+            }
+            other => panic!("not discovery: {other:?}"),
+        }
+        // A zk= in the URL wins over --zk.
+        let p = producer(&[
+            "--brokerUrl",
+            "discovery:fabric:default?zk=inurl:2181",
+            "--zk",
+            "flag:2181",
+        ]);
+        assert!(matches!(
+            p.common.connection.effective_url().unwrap(),
+            BrokerUrl::Discovery { zk: Some(z), .. } if z == "inurl:2181"
+        ));
+        // --zk is ignored by the other URL forms.
+        let p = producer(&["--brokerUrl", "tcp://h:1", "--zk", "zk:2181"]);
+        assert_eq!(
+            p.common.connection.effective_url().unwrap(),
+            "tcp://h:1".parse::<BrokerUrl>().unwrap()
+        );
+    }
+
+    #[test]
+    fn zk_flag_reads_fabric_zk() {
+        let cmd = Cli::command();
+        for sub in ["producer", "consumer", "browse", "perf"] {
+            let zk = cmd
+                .find_subcommand(sub)
+                .and_then(|s| s.get_arguments().find(|a| a.get_id() == "zk"))
+                .unwrap_or_else(|| panic!("{sub} has --zk"));
+            assert_eq!(zk.get_env().and_then(|e| e.to_str()), Some("FABRIC_ZK"));
+        }
+    }
+
+    #[test]
+    fn discovery_without_zookeeper_is_a_usage_error() {
+        // FABRIC_ZK may be set where the tests run: clear what it filled in.
+        for sub in ["producer", "consumer", "browse", "perf"] {
+            let mut cli = parse(&[sub, "--brokerUrl", "discovery:fabric:default"]).unwrap();
+            match &mut cli.command {
+                Command::Producer(a) => a.common.connection.zk = None,
+                Command::Consumer(a) => a.common.connection.zk = None,
+                Command::Browse(a) => a.common.connection.zk = None,
+                Command::Perf(a) => a.common.connection.zk = None,
+            }
+            let err = validate(&cli).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            let text = err.to_string();
+            assert!(
+                text.contains("--zk") && text.contains("FABRIC_ZK") && text.contains("zk="),
+                "{text}"
+            );
+            assert!(text.contains(sub), "usage of {sub}: {text}");
+        }
+        let mut p = producer(&["--brokerUrl", "discovery:fabric:default"]);
+        p.common.connection.zk = None;
+        let msg = p.common.connection.effective_url().unwrap_err();
+        assert!(msg.contains("discovery:fabric:default"), "{msg}");
+    }
+
+    #[test]
+    fn failover_report_flag() {
+        assert!(!perf(&[]).failover_report);
+        assert!(perf(&["--failover-report"]).failover_report);
     }
 
     #[test]

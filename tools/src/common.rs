@@ -6,8 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fabricmq_client::{AckMode, ClientError, ConnectOptions, Connection, Message, Subscription};
-use tokio::sync::Notify;
+use fabricmq_client::{
+    AckMode, ClientError, ConnectOptions, Connection, ConnectionEvent, Message, Subscription,
+};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, Notify};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
 use crate::cli::ConnectionArgs;
@@ -23,15 +27,17 @@ pub fn connect_options(args: &ConnectionArgs, client_id: Option<String>) -> Conn
     }
 }
 
-/// Opens one connection; the error names the broker URL.
+/// Opens one connection to the broker URL of `args` (any form: `tcp://`, `failover:(...)`,
+/// `discovery:fabric:<group>` with the ZooKeeper address of `--zk`/FABRIC_ZK filled in); the
+/// error names the broker URL.
 pub async fn connect(
     args: &ConnectionArgs,
     client_id: Option<String>,
 ) -> anyhow::Result<Connection> {
-    if let Some(zk) = &args.zk {
-        tracing::debug!(zk = %zk, "--zk is only used by discovery URLs; ignored");
+    let url = &args.effective_url().map_err(anyhow::Error::msg)?;
+    if args.zk.is_some() && !matches!(url, fabricmq_client::BrokerUrl::Discovery { .. }) {
+        tracing::debug!("--zk is only used by discovery URLs; ignored");
     }
-    let url = &args.broker_url;
     let conn = Connection::connect(url, connect_options(args, client_id))
         .await
         .map_err(|e| match e {
@@ -41,6 +47,126 @@ pub async fn connect(
         })?;
     tracing::info!(%url, server = conn.server().unwrap_or("?"), "connected");
     Ok(conn)
+}
+
+/// What the failover transport did on the connections of a run, summed over them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FailoverStats {
+    /// Times a session moved to a new connection.
+    pub failovers: u64,
+    /// Time spent without a connection, summed over every failover.
+    pub downtime: Duration,
+    /// The client-observed downtime of each failover seen as a `Resumed` event, in the order
+    /// they were seen (per connection).
+    pub downtimes: Vec<Duration>,
+    /// Redeliveries of already acknowledged messages the client dropped.
+    pub duplicates_dropped: u64,
+}
+
+impl FailoverStats {
+    /// Total downtime in milliseconds (3 decimals).
+    pub fn downtime_ms(&self) -> f64 {
+        crate::report::round3(self.downtime.as_secs_f64() * 1000.0)
+    }
+}
+
+/// The line printed on stderr (without `--json`) when a connection failed over.
+pub fn failover_line(from: &str, to: &str, downtime: Duration) -> String {
+    format!(
+        "failover: tcp://{from} -> tcp://{to} after {} ms",
+        downtime.as_millis()
+    )
+}
+
+/// Watches the failover events of every connection of a run: prints each failover on stderr as
+/// it happens (when `print`), remembers the downtime of each, and sums the connections' counters
+/// at the end ([`FailoverMonitor::finish`]).
+#[derive(Debug)]
+pub struct FailoverMonitor {
+    print: bool,
+    stop: StopFlag,
+    conns: Vec<Connection>,
+    tasks: Vec<JoinHandle<Vec<Duration>>>,
+}
+
+impl FailoverMonitor {
+    /// A monitor; `print` = print a line on stderr for every failover.
+    pub fn new(print: bool) -> FailoverMonitor {
+        FailoverMonitor {
+            print,
+            stop: StopFlag::new(),
+            conns: Vec::new(),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Starts watching `conn` (call right after connecting: events from then on are seen).
+    /// A plain `tcp://` connection has no events; only its counters are read at the end.
+    pub fn watch(&mut self, conn: &Connection) {
+        self.conns.push(conn.clone());
+        let rx = conn.events();
+        let (stop, print) = (self.stop.clone(), self.print);
+        self.tasks.push(tokio::spawn(watch_events(rx, stop, print)));
+    }
+
+    /// Stops watching and returns the totals (read from the connections, which may already be
+    /// disconnected).
+    pub async fn finish(self) -> FailoverStats {
+        self.stop.set();
+        let mut stats = FailoverStats::default();
+        for task in self.tasks {
+            match task.await {
+                Ok(d) => stats.downtimes.extend(d),
+                Err(e) => tracing::warn!("failover event watcher failed: {e}"),
+            }
+        }
+        for c in &self.conns {
+            stats.failovers += c.failovers();
+            stats.downtime += c.downtime_total();
+            stats.duplicates_dropped += c.duplicates_dropped();
+        }
+        stats
+    }
+}
+
+async fn watch_events(
+    mut rx: broadcast::Receiver<ConnectionEvent>,
+    stop: StopFlag,
+    print: bool,
+) -> Vec<Duration> {
+    let mut downtimes = Vec::new();
+    let mut handle = |ev: ConnectionEvent| {
+        if let ConnectionEvent::Resumed { from, to, downtime } = ev {
+            if print {
+                eprintln!("{}", failover_line(&from, &to, downtime));
+            }
+            downtimes.push(downtime);
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            ev = rx.recv() => match ev {
+                Ok(ev) => handle(ev),
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "failover events lost (listener too slow)");
+                }
+                Err(RecvError::Closed) => break,
+            },
+            _ = stop.wait() => {
+                // Take what is already queued, then stop.
+                loop {
+                    match rx.try_recv() {
+                        Ok(ev) => handle(ev),
+                        Err(TryRecvError::Lagged(_)) => continue,
+                        Err(_) => break,
+                    }
+                }
+                break;
+            }
+        }
+    }
+    downtimes
 }
 
 /// The id of thread `thread` (1-based) of `threads`: `base` itself when there is only one thread,
@@ -187,6 +313,9 @@ impl Acker {
 /// stalls on a prefetch window smaller than its ack batch.
 pub const ACK_FLUSH_AFTER: Duration = Duration::from_millis(20);
 
+/// While a failover connection is reconnecting, the idle timeout is re-checked this often.
+const RECONNECT_POLL: Duration = Duration::from_millis(50);
+
 /// Why [`Receiver::next`] did not return a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
@@ -212,10 +341,16 @@ pub enum Next {
 ///
 /// Per message this costs one `Instant::now()`: the timer is armed only while the stream is
 /// waiting and is moved lazily when it fires early.
+///
+/// The idle timeout does not run out while a failover connection is reconnecting: the time
+/// without a connection is not idleness of the stream.
 pub struct Receiver {
     sub: Subscription,
     idle: Option<Duration>,
     last: Instant,
+    /// The idle timeout counts from the later of `last` and this (the last time the connection
+    /// was seen reconnecting).
+    idle_from: Instant,
     timer: Pin<Box<Sleep>>,
 }
 
@@ -228,6 +363,7 @@ impl Receiver {
             sub,
             idle,
             last,
+            idle_from: last,
             timer,
         };
         r.rearm(false);
@@ -247,7 +383,7 @@ impl Receiver {
     fn deadline(&self, ack_pending: bool) -> Instant {
         let mut d = far_future(self.last);
         if let Some(idle) = self.idle {
-            d = d.min(self.last + idle);
+            d = d.min(self.last.max(self.idle_from) + idle);
         }
         if ack_pending {
             d = d.min(self.last + ACK_FLUSH_AFTER);
@@ -296,7 +432,14 @@ impl Receiver {
                     if acker.has_pending() && now >= self.last + ACK_FLUSH_AFTER {
                         acker.flush(conn).await?;
                     }
-                    if self.idle.is_some_and(|idle| now >= self.last + idle) {
+                    if self.idle.is_some() && conn.is_reconnecting() {
+                        // No connection is not an idle stream: look again shortly.
+                        self.idle_from = now;
+                        self.timer.as_mut().reset(now + RECONNECT_POLL);
+                        continue;
+                    }
+                    let idle_base = self.last.max(self.idle_from);
+                    if self.idle.is_some_and(|idle| now >= idle_base + idle) {
                         return Ok(Next::End(Ended::Idle));
                     }
                     self.rearm(acker.has_pending());

@@ -8,6 +8,13 @@
 //! The run ends when `--count` messages arrived, after `--timeout` ms without a message, on
 //! Ctrl-C, or when the connection is lost. It fails (exit 1, after the report) if the connection
 //! was lost or fewer than `--count` messages arrived.
+//!
+//! With a `failover:(...)` or `discovery:fabric:` broker URL the client library reconnects under
+//! the consumer and restores its subscription; the broker redelivers what was not acknowledged and
+//! the library drops redeliveries of messages already acknowledged (counted as
+//! `duplicates_dropped`; `duplicates` counts what still reached the application). The idle
+//! `--timeout` does not run while reconnecting. Each failover is printed on stderr as it happens
+//! (not with `--json`), and the report counts them with their total downtime.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::accounting::{Accounting, Summary};
 use crate::cli::ConsumerArgs;
-use crate::common::{self, Acker, Ended, Next, Receiver, StopFlag};
+use crate::common::{self, Acker, Ended, FailoverMonitor, Next, Receiver, StopFlag};
 use crate::progress::{self, Progress};
 use crate::report::{self, ConsumerReport, Outcome, Output};
 
@@ -145,6 +152,10 @@ pub async fn execute(
         }
     }))
     .await?;
+    let mut monitor = FailoverMonitor::new(!args.common.json);
+    for (conn, _) in &subs {
+        monitor.watch(conn);
+    }
 
     let received = Arc::new(AtomicU64::new(0));
     let total = if topic {
@@ -204,6 +215,7 @@ pub async fn execute(
     }
     let end = Instant::now();
     progress.finish().await;
+    let failovers = monitor.finish().await;
     if !topic {
         summed = merged.summary();
     }
@@ -213,8 +225,10 @@ pub async fn execute(
         received: summed.received,
         gaps: summed.gaps,
         duplicates: summed.duplicates,
+        duplicates_dropped: failovers.duplicates_dropped,
         redelivered: summed.redelivered,
-        failovers: 0,
+        failovers: failovers.failovers,
+        downtime_ms: failovers.downtime_ms(),
         elapsed_s: report::secs(elapsed),
         rate: report::rate(summed.received, elapsed),
     };
@@ -232,7 +246,10 @@ pub async fn execute(
             args.timeout
         ));
     }
-    let human = report.human(&args.common.destination.to_string());
+    let human = report.human(
+        &args.common.destination.to_string(),
+        args.common.connection.broker_url.is_failover(),
+    );
     Ok(Outcome {
         report,
         human,

@@ -16,7 +16,9 @@
 //! * [`accounting`]: exact per-producer sequence accounting (gaps, duplicates, redeliveries);
 //! * [`report`]: the JSON reports and human-readable summaries;
 //! * [`progress`]: the optional progress display on stderr;
-//! * [`common`]: connection set-up, stop signals, acknowledgement and receive helpers.
+//! * [`common`]: connection set-up (any broker URL form, `--zk`/FABRIC_ZK), the failover monitor
+//!   (failover lines on stderr, counts and downtimes), stop signals, acknowledgement and receive
+//!   helpers.
 //!
 //! Output contract: with `--json` a command writes exactly one JSON object (one line) to stdout and
 //! nothing else there; the human summary then goes to stderr. Without `--json` the summary goes to

@@ -21,6 +21,11 @@
 //! Consumers stop when they together received everything the producers sent (on a topic: each
 //! consumer received everything), after `--count` messages in total with `--producers 0`, after
 //! `--timeout` ms without a message, when `--duration` is over, or on Ctrl-C.
+//!
+//! Failovers (with a `failover:(...)` or `discovery:fabric:` broker URL) are counted over every
+//! connection; `--failover-report` also collects the client-observed downtime of each one and
+//! reports its distribution (count, min, p50, p90, max), e.g. while masters are killed during a
+//! run.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,10 +42,10 @@ use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, Barrier};
 
 use crate::cli::PerfArgs;
-use crate::common::{self, Acker, Ended, Next, Receiver, StopFlag};
+use crate::common::{self, Acker, Ended, FailoverMonitor, Next, Receiver, StopFlag};
 use crate::producer::wants_receipt;
 use crate::progress::{self, Progress};
-use crate::report::{self, LatencyMs, Outcome, Output, PerfDetails, PerfReport};
+use crate::report::{self, DowntimeMs, LatencyMs, Outcome, Output, PerfDetails, PerfReport};
 
 /// Length of the timestamp prefix of every perf body.
 pub const TIMESTAMP_LEN: usize = 8;
@@ -314,6 +319,10 @@ pub async fn execute(args: &PerfArgs, stop: &StopFlag) -> anyhow::Result<Outcome
         common::connect(&args.common.connection, id)
     }))
     .await?;
+    let mut monitor = FailoverMonitor::new(!args.common.json);
+    for conn in subs.iter().map(|(c, _)| c).chain(&conns) {
+        monitor.watch(conn);
+    }
 
     let expected = if producers > 0 {
         Some(args.count * u64::from(producers))
@@ -427,6 +436,7 @@ pub async fn execute(args: &PerfArgs, stop: &StopFlag) -> anyhow::Result<Outcome
     }
     let end = Instant::now();
     progress.finish().await;
+    let failover_stats = monitor.finish().await;
     if let Some(d) = deadline {
         d.abort();
     }
@@ -443,7 +453,11 @@ pub async fn execute(args: &PerfArgs, stop: &StopFlag) -> anyhow::Result<Outcome
         recv_rate: report::rate(received, recv_elapsed),
         receipt_latency_ms: LatencyMs::from_micros(&receipts),
         delivery_latency_ms: LatencyMs::from_micros(&delivery),
-        failovers: 0,
+        failovers: failover_stats.failovers,
+        downtime_ms: failover_stats.downtime_ms(),
+        failover_downtime_ms: args
+            .failover_report
+            .then(|| DowntimeMs::from_durations(&failover_stats.downtimes)),
     };
     let details = PerfDetails {
         size: body_size,
@@ -451,6 +465,7 @@ pub async fn execute(args: &PerfArgs, stop: &StopFlag) -> anyhow::Result<Outcome
         recv_elapsed_s: report::secs(recv_elapsed),
         receipt_samples: receipts.len(),
         delivery_samples: delivery.len(),
+        show_failovers: args.failover_report || args.common.connection.broker_url.is_failover(),
     };
     let mut failure = failures.into_iter().next();
     if failure.is_none() && consumers > 0 && shortfall && !stop.is_set() {

@@ -15,6 +15,14 @@
 //!   bounded number of receipts outstanding. The final DISCONNECT receipt confirms the rest.
 //!
 //! The command fails (exit 1, after printing its report) if any send, receipt or commit failed.
+//!
+//! With a `failover:(...)` or `discovery:fabric:` broker URL the client library reconnects under
+//! the producer and re-sends every unreceipted message (same `producer-id`/`producer-seq`, so the
+//! broker drops what it already has); a send fails only when no connection came within the URL's
+//! `timeout` option ([`ClientError::NotConnected`]). A transaction open at a failover is lost
+//! ([`ClientError::TransactionLost`]): the batch is sent again in a new transaction with the same
+//! sequence numbers (up to [`MAX_BATCH_RETRIES`] times). Each failover is printed on stderr as it
+//! happens (not with `--json`), and the report counts them with their total downtime.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,12 +34,14 @@ use fabricmq_client::{ClientError, Connection, Outgoing, ReceiptFuture, Transact
 use tokio::time::Instant;
 
 use crate::cli::ProducerArgs;
-use crate::common::{self, StopFlag};
+use crate::common::{self, FailoverMonitor, StopFlag};
 use crate::progress::{self, Progress};
 use crate::report::{self, Outcome, Output, ProducerReport};
 
 /// Receipts awaited at once by a pipelined producer before it waits for the oldest.
 const MAX_OUTSTANDING_RECEIPTS: usize = 64;
+/// Times a transaction lost in a failover is run again before the producer gives up.
+pub const MAX_BATCH_RETRIES: u32 = 10;
 
 /// Everything a producer thread needs to build its messages.
 #[derive(Debug, Clone)]
@@ -186,6 +196,10 @@ pub async fn execute(
         common::connect(&args.common.connection, conn_id)
     }))
     .await?;
+    let mut monitor = FailoverMonitor::new(!args.common.json);
+    for conn in &conns {
+        monitor.watch(conn);
+    }
 
     let sent_counter = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(
@@ -231,15 +245,20 @@ pub async fn execute(
     }
     let elapsed = started.elapsed();
     progress.finish().await;
+    let failovers = monitor.finish().await;
 
     let report = ProducerReport {
         sent: total.sent,
         receipted: total.receipted,
-        failovers: 0,
+        failovers: failovers.failovers,
+        downtime_ms: failovers.downtime_ms(),
         elapsed_s: report::secs(elapsed),
         rate: report::rate(total.sent, elapsed),
     };
-    let human = report.human(&args.common.destination.to_string());
+    let human = report.human(
+        &args.common.destination.to_string(),
+        args.common.connection.broker_url.is_failover(),
+    );
     Ok(Outcome {
         report,
         human,
@@ -284,6 +303,18 @@ pub async fn produce(
     r
 }
 
+/// Messages between two `debug` progress log lines (`sent=N`, over all threads).
+pub const PROGRESS_LOG_EVERY: u64 = 500;
+
+/// Counts one sent message (for the progress display) and logs every
+/// [`PROGRESS_LOG_EVERY`]th at debug level.
+fn count_sent(counter: &AtomicU64) {
+    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    if n.is_multiple_of(PROGRESS_LOG_EVERY) {
+        tracing::debug!(sent = n, "producer progress");
+    }
+}
+
 async fn pause(plan: &ThreadPlan, seq: u64) {
     if !plan.sleep.is_zero() && seq < plan.count {
         tokio::time::sleep(plan.sleep).await;
@@ -306,7 +337,7 @@ async fn send_receipted(
         conn.send(msg).await.map_err(|e| send_error(e, seq))?;
         r.sent += 1;
         r.receipted += 1;
-        counter.fetch_add(1, Ordering::Relaxed);
+        count_sent(counter);
         pause(plan, seq).await;
     }
     Ok(())
@@ -348,7 +379,7 @@ async fn send_pipelined(
                 last_write = Some(fut);
             }
             r.sent += 1;
-            counter.fetch_add(1, Ordering::Relaxed);
+            count_sent(counter);
             pause(plan, seq).await;
         }
         Ok::<(), anyhow::Error>(())
@@ -380,62 +411,98 @@ async fn send_batched(
     counter: &AtomicU64,
     r: &mut ThreadResult,
 ) -> anyhow::Result<()> {
-    let mut tx: Option<Transaction> = None;
+    let mut first = 1u64;
+    while first <= plan.count && !stop.is_set() {
+        let last = first.saturating_add(batch - 1).min(plan.count);
+        let mut retries = 0u32;
+        let committed = loop {
+            match send_batch(conn, template, plan, first..=last, stop, counter, r).await {
+                Ok(n) => break n,
+                Err(e) if is_transaction_lost(&e) && retries < MAX_BATCH_RETRIES => {
+                    retries += 1;
+                    tracing::warn!(
+                        "{e:#}: sending messages {first}..={last} again in a new transaction \
+                         (retry {retries} of {MAX_BATCH_RETRIES})"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        r.receipted += committed;
+        if committed < last - first + 1 {
+            // Cut short by a stop: the partial batch was committed.
+            break;
+        }
+        first = last + 1;
+    }
+    Ok(())
+}
+
+/// Sends messages `seqs` in one transaction and commits it; returns how many were committed
+/// (fewer when `stop` was set meanwhile: the partial batch is committed too). A message counts
+/// as sent the first time it is handed over, not again when a lost transaction is re-run.
+async fn send_batch(
+    conn: &Connection,
+    template: &MessageTemplate,
+    plan: &ThreadPlan,
+    seqs: std::ops::RangeInclusive<u64>,
+    stop: &StopFlag,
+    counter: &AtomicU64,
+    r: &mut ThreadResult,
+) -> anyhow::Result<u64> {
+    let tx = conn
+        .begin()
+        .await
+        .map_err(|e| anyhow::Error::new(e).context("cannot begin a transaction"))?;
     let mut in_batch = 0u64;
-    let result = async {
-        for seq in 1..=plan.count {
+    let sent = async {
+        for seq in seqs {
             if stop.is_set() {
                 break;
             }
-            if tx.is_none() {
-                tx =
-                    Some(conn.begin().await.map_err(|e| {
-                        anyhow::Error::new(e).context("cannot begin a transaction")
-                    })?);
-            }
             let msg = template.message(&plan.producer_id, seq, common::now_ms());
-            if let Some(t) = &tx {
-                t.send(msg).await.map_err(|e| send_error(e, seq))?;
-            }
-            r.sent += 1;
+            tx.send(msg).await.map_err(|e| send_error(e, seq))?;
             in_batch += 1;
-            counter.fetch_add(1, Ordering::Relaxed);
-            if in_batch == batch {
-                if let Some(t) = tx.take() {
-                    commit(t, in_batch, r).await?;
-                }
-                in_batch = 0;
+            if seq > r.sent {
+                r.sent = seq;
+                count_sent(counter);
             }
             pause(plan, seq).await;
         }
-        // The trailing partial batch (or the batch cut short by Ctrl-C) is committed too.
-        if let Some(t) = tx.take() {
-            commit(t, in_batch, r).await?;
-        }
-        Ok::<(), anyhow::Error>(())
+        anyhow::Ok(())
     }
     .await;
-    if result.is_err() {
-        if let Some(t) = tx.take() {
-            if let Err(e) = t.abort().await {
-                tracing::debug!("abort after failure: {e}");
-            }
+    if let Err(e) = sent {
+        if let Err(abort) = tx.abort().await {
+            tracing::debug!("abort after failure: {abort}");
         }
+        return Err(e);
     }
-    result
+    commit(tx, in_batch).await?;
+    Ok(in_batch)
 }
 
-async fn commit(tx: Transaction, messages: u64, r: &mut ThreadResult) -> anyhow::Result<()> {
+/// Whether `e` says a transaction was lost in a failover (the batch may be run again).
+fn is_transaction_lost(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<ClientError>(),
+            Some(ClientError::TransactionLost { .. })
+        )
+    })
+}
+
+async fn commit(tx: Transaction, messages: u64) -> anyhow::Result<()> {
     let id = tx.id().to_owned();
     tx.commit().await.map_err(|e| {
         anyhow::Error::new(e).context(format!(
             "commit of transaction {id} ({messages} messages) failed"
         ))
-    })?;
-    r.receipted += messages;
-    Ok(())
+    })
 }
 
+/// A failed send. [`ClientError::NotConnected`] (no connection within the failover URL's
+/// `timeout`) says so itself: "no broker connection within 5s (failover timeout)".
 fn send_error(e: ClientError, seq: u64) -> anyhow::Error {
     anyhow::Error::new(e).context(format!("send of message {seq} failed"))
 }
