@@ -30,10 +30,18 @@ pub struct Group {
     pub data: tempfile::TempDir,
     pub brokers: Vec<BrokerProcess>,
     pub ports: Vec<u16>,
+    /// The brokers' `--session-timeout` ([`SESSION`] unless started with [`Group::start_with`]).
+    pub session: String,
 }
 
 impl Group {
     pub async fn start(n: usize) -> Group {
+        Self::start_with(n, SESSION).await
+    }
+
+    /// Like [`Group::start`] with the brokers' ZooKeeper session timeout `session` (e.g. "4s";
+    /// the test ZooKeeper's tickTime of 200 ms allows 400 ms to 4 s).
+    pub async fn start_with(n: usize, session: &str) -> Group {
         let zk = zk().chroot_connect();
         let data = tempfile::tempdir().unwrap();
         let mut g = Group {
@@ -42,6 +50,7 @@ impl Group {
             data,
             brokers: Vec::new(),
             ports: Vec::new(),
+            session: session.to_owned(),
         };
         for i in 0..n {
             let port = free_port();
@@ -61,7 +70,7 @@ impl Group {
                 self.name.clone(),
                 format!("broker{}", i + 1),
             )),
-            args: vec!["--session-timeout".into(), SESSION.into()],
+            args: vec!["--session-timeout".into(), self.session.clone()],
             ..Default::default()
         })
         .await
@@ -93,6 +102,44 @@ impl Group {
             assert!(Instant::now() < deadline, "no master after {timeout:?}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// `discovery:fabric:<group>?zk=<this group's chroot connect string>` plus `options`
+    /// (`&`-separated, may be empty).
+    pub fn discovery_url(&self, options: &str) -> String {
+        let mut url = format!("discovery:fabric:{}?zk={}", self.name, self.zk);
+        if !options.is_empty() {
+            url.push('&');
+            url.push_str(options);
+        }
+        url
+    }
+
+    /// `failover:(tcp://127.0.0.1:<port>,...)` over every container's fixed port, plus `?options`
+    /// when not empty. No ZooKeeper involved.
+    pub fn failover_url(&self, options: &str) -> String {
+        let list: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("tcp://127.0.0.1:{p}"))
+            .collect();
+        let mut url = format!("failover:({})", list.join(","));
+        if !options.is_empty() {
+            url.push('?');
+            url.push_str(options);
+        }
+        url
+    }
+
+    /// Index of the container named in a master record (`brokerN` -> N-1).
+    pub fn index_of(&self, rec: &MasterRecord) -> usize {
+        rec.container
+            .trim_start_matches("broker")
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .filter(|&i| i < self.brokers.len())
+            .unwrap_or_else(|| panic!("not a container of this group: {}", rec.container))
     }
 
     pub fn no_panics(&self) {
