@@ -174,8 +174,11 @@ impl Connection {
         let endpoint = est.endpoint.clone();
         let shared = Arc::new(Shared::new(true, policy.timeout, endpoint.to_string()));
         let (links, parts) = Self::links();
-        let state = ConnState::new(est.negotiated.version)
-            .with_dedup(DEDUP_WINDOW, shared.duplicates.clone());
+        let state = ConnState::new(est.negotiated.version).with_dedup(
+            DEDUP_WINDOW,
+            shared.duplicates.clone(),
+            shared.generation.clone(),
+        );
         let (driver, negotiated) = driver_for(est, state, links, opts.connect_timeout);
         let connect_timeout = opts.connect_timeout;
         let task = Task {
@@ -454,11 +457,16 @@ impl Connection {
             reply,
         })
         .await?;
+        let stale = (self.inner.shared.failover && ack != AckMode::Auto).then(|| StaleFilter {
+            generation: self.inner.shared.generation.clone(),
+            duplicates: self.inner.shared.duplicates.clone(),
+        });
         Ok(Subscription {
             id,
             rx,
             conn: self.clone(),
             unsubscribed: false,
+            stale,
         })
     }
 
@@ -675,6 +683,31 @@ pub struct Subscription {
     rx: mpsc::Receiver<Message>,
     conn: Connection,
     unsubscribed: bool,
+    /// Failover sessions, acknowledging subscriptions: drops messages buffered from an earlier
+    /// connection (see [`StaleFilter`]).
+    stale: Option<StaleFilter>,
+}
+
+/// Drops messages delivered on an earlier connection of a failover session that are still in the
+/// subscription's buffer. Their ACK could not be sent any more (ack ids belong to the connection
+/// that delivered them), and the broker redelivers every unacknowledged message on the new
+/// connection, so handing them out would only produce a duplicate. Auto-ack subscriptions keep
+/// them: the broker does not redeliver those.
+struct StaleFilter {
+    generation: Arc<AtomicU64>,
+    duplicates: Arc<AtomicU64>,
+}
+
+impl StaleFilter {
+    /// True if `msg` must be dropped (and counts it).
+    fn drops(&self, msg: &Message) -> bool {
+        let stale = msg.generation < self.generation.load(Ordering::Acquire);
+        if stale {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(message_id = %msg.message_id, "dropping a message buffered from an earlier connection");
+        }
+        stale
+    }
 }
 
 impl fmt::Debug for Subscription {
@@ -697,12 +730,22 @@ impl Subscription {
     /// # Cancel safety
     /// Cancel safe: a message is never lost when the future is dropped.
     pub async fn recv(&mut self) -> Option<Message> {
-        self.rx.recv().await
+        loop {
+            let msg = self.rx.recv().await?;
+            if !self.stale.as_ref().is_some_and(|f| f.drops(&msg)) {
+                return Some(msg);
+            }
+        }
     }
 
     /// The next message if one is already buffered.
     pub fn try_recv(&mut self) -> Option<Message> {
-        self.rx.try_recv().ok()
+        loop {
+            let msg = self.rx.try_recv().ok()?;
+            if !self.stale.as_ref().is_some_and(|f| f.drops(&msg)) {
+                return Some(msg);
+            }
+        }
     }
 
     /// The connection this subscription belongs to (e.g. to ack messages).
@@ -749,7 +792,14 @@ impl futures::Stream for Subscription {
     type Item = Message;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.rx.poll_recv(cx)
+        loop {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(msg)) if self.stale.as_ref().is_some_and(|f| f.drops(&msg)) => {
+                    continue
+                }
+                other => return other,
+            }
+        }
     }
 }
 

@@ -290,6 +290,10 @@ pub(crate) struct Shared {
     pub(crate) downtime_ns: AtomicU64,
     /// Redeliveries dropped client-side.
     pub(crate) duplicates: Arc<AtomicU64>,
+    /// The session's current connection generation (bumped by every replay). Subscription handles
+    /// drop messages of older generations: their ACK would never be sent, and the broker
+    /// redelivers them on the new connection.
+    pub(crate) generation: Arc<AtomicU64>,
     /// False while the transport is between connections.
     pub(crate) connected: AtomicBool,
     /// True for a failover connection.
@@ -307,6 +311,7 @@ impl Shared {
             failovers: AtomicU64::new(0),
             downtime_ns: AtomicU64::new(0),
             duplicates: Arc::new(AtomicU64::new(0)),
+            generation: Arc::new(AtomicU64::new(0)),
             connected: AtomicBool::new(true),
             failover,
             timeout,

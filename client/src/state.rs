@@ -290,6 +290,8 @@ pub(crate) struct ConnState {
     dedup_window: usize,
     /// Redeliveries dropped by the de-duplication window.
     duplicates: Arc<AtomicU64>,
+    /// Published copy of `generation` for the subscription handles (failover sessions).
+    shared_generation: Option<Arc<AtomicU64>>,
     /// Transactions begun and not yet committed or aborted.
     open_tx: HashSet<Arc<str>>,
     /// Transactions that were open when a connection failed.
@@ -309,6 +311,7 @@ impl ConnState {
             generation: 0,
             dedup_window: 0,
             duplicates: Arc::new(AtomicU64::new(0)),
+            shared_generation: None,
             open_tx: HashSet::new(),
             lost_tx: HashSet::new(),
         }
@@ -317,7 +320,13 @@ impl ConnState {
     /// Turns on client-side de-duplication (failover sessions): each
     /// non-auto subscription remembers the last `window` acknowledged
     /// messages and drops their redeliveries, counting them in `duplicates`.
-    pub(crate) fn with_dedup(mut self, window: usize, duplicates: Arc<AtomicU64>) -> ConnState {
+    pub(crate) fn with_dedup(
+        mut self,
+        window: usize,
+        duplicates: Arc<AtomicU64>,
+        generation: Arc<AtomicU64>,
+    ) -> ConnState {
+        self.shared_generation = Some(generation);
         self.dedup_window = window;
         self.duplicates = duplicates;
         self
@@ -874,6 +883,9 @@ impl ConnState {
     pub(crate) fn replay(&mut self, version: Version, out: &mut BytesMut) {
         self.version = version;
         self.generation += 1;
+        if let Some(g) = &self.shared_generation {
+            g.store(self.generation, Ordering::Release);
+        }
         for t in self.open_tx.drain() {
             debug!(transaction = %t, "transaction lost with the connection");
             self.lost_tx.insert(t);

@@ -482,7 +482,6 @@ async fn failover_list_clients_lose_nothing_receipted_through_master_chaos() {
 /// the new master's redeliveries of the same messages (their ACKs were not sent: wrong
 /// generation), so the application sees ~10% of the messages twice. See the report of issue 4.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "client bug: buffered deliveries of a previous connection are handed out besides their redeliveries"]
 async fn a_lagging_consumer_gets_each_message_once_through_master_chaos() {
     let _serial = SERIAL.lock().await;
     let mut g = Group::start(2).await;
