@@ -9,6 +9,10 @@ Sub-commands (each writes raw figures as JSON to --out and a markdown table to s
       (b) the first RECEIPT of a persistent SEND from the new master (raw STOMP client retrying
       connect every 1 ms), then restart the killed container as a slave.
 
+  failover-report --work DIR
+      re-derives the log columns of a finished failover run from WORK/failover.json and the broker
+      logs, and prints its tables again.
+
   recovery  --work DIR [--counts 100000,1000000] [--reps 2] [--cold-count 1000000]
       standalone broker: fill a queue with N persistent 1 KiB messages, kill -9, restart on the
       same data directory and time launch -> ready file; parse `journal recovered`; read VmRSS.
@@ -17,7 +21,10 @@ Sub-commands (each writes raw figures as JSON to --out and a markdown table to s
       2 containers, fill via the master, kill -9 the master, time signal -> the slave's state
       file saying master (the slave recovers the store while taking over) and the first RECEIPT.
 
-All times come from time.monotonic_ns(). Only processes this script started are signalled.
+All times come from time.monotonic_ns() (log columns: broker log timestamps against time.time()
+at the signal). --quiet-wait S waits up to S seconds before each kill/restart for a second with the
+machine >= 85 % idle; the idle share is recorded either way. Only processes this script started
+are signalled.
 """
 
 import argparse
@@ -41,6 +48,7 @@ MQ_FABRIC = os.path.join(BIN_DIR, "mq-fabric")
 ROUND_TIMEOUT_S = float(os.environ.get("ROUND_TIMEOUT", "30"))
 START_TIMEOUT_S = float(os.environ.get("START_TIMEOUT", "60"))
 FILL_TIMEOUT_S = float(os.environ.get("FILL_TIMEOUT", "900"))
+SETTLE_RSS_S = float(os.environ.get("SETTLE_RSS", "12"))
 
 BROKERS = []  # every Broker this process started (for cleanup)
 
@@ -71,6 +79,45 @@ def read_json(path):
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return None
+
+
+def cpu_snap():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v), v[3] + v[4]
+
+
+def idle_since(snap0):
+    t1, i1 = cpu_snap()
+    return (i1 - snap0[1]) / max(1, t1 - snap0[0])
+
+
+def cpu_idle(window_s):
+    """Fraction of the machine's CPU time that was idle (idle + iowait) over `window_s`."""
+    snap = cpu_snap
+    t0, i0 = snap()
+    time.sleep(window_s)
+    t1, i1 = snap()
+    return (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_quiet(max_wait_s, threshold=0.85, window_s=1.0):
+    """Waits (up to max_wait_s) for a `window_s` with the machine at least `threshold` idle.
+    Returns (idle fraction of the last window, seconds waited)."""
+    start = time.monotonic()
+    while True:
+        idle = cpu_idle(window_s)
+        waited = time.monotonic() - start
+        if idle >= threshold or waited >= max_wait_s:
+            return idle, waited
 
 
 def proc_status(pid):
@@ -177,6 +224,15 @@ class Broker:
                 raise RuntimeError(f"{self.name} exited (rc {self.proc.returncode}) before its ready file; log {self.log_path}")
             time.sleep(poll_s)
         raise RuntimeError(f"{self.name}: no ready file within {timeout}s; log {self.log_path}")
+
+
+def stop_all(brokers, sig=signal.SIGTERM):
+    """Stops slaves first, so that stopping does not hand mastership around."""
+    def is_master(b):
+        st = b.state()
+        return bool(st and st.get("role") == "master" and st.get("pid") == b.pid)
+    for b in sorted(brokers, key=is_master):
+        b.stop(sig)
 
 
 def cleanup(*_):
@@ -356,9 +412,14 @@ def takeover_details(text, kill_wall):
     for ts, msg, f, line in log_events(text):
         rel = None if ts is None else round((ts - kill_wall) * 1000, 1)
         if msg.startswith("the master's process released the store lock"):
+            # Logged after the lock was taken AND the predecessor's record read from ZooKeeper.
             d.setdefault("lock_seen_ms", rel)
-        elif msg.startswith("first in line: activating as master"):
+        elif msg == "first in line":
+            # fabricmq_registry::election: the member is first (predecessor gone).
             d.setdefault("first_in_line_ms", rel)
+        elif msg.startswith("first in line: activating as master"):
+            # After the member record update (activating) and the epoch CAS.
+            d.setdefault("epoch_claimed_ms", rel)
             d.setdefault("store_locked", f.get("store_locked"))
             d.setdefault("epoch", f.get("epoch"))
         elif msg == "journal recovered" and "messages" in f:
@@ -420,6 +481,7 @@ def kill_and_measure(killed, other, sig, dest, timeout_s=ROUND_TIMEOUT_S):
         "probe_errors": probe_res.get("errors"),
         "epoch": state_res.get("epoch"),
         "kill_wall": t0_wall,
+        "loadavg_1m": loadavg(),
         "log": takeover_details(other.log_since(off), t0_wall),
         "killed_log_tail": [ln[:300] for ln in killed.log_since(off_killed).splitlines()[-8:]],
     }
@@ -431,6 +493,63 @@ def summarize(values):
     if not v:
         return None, None, None
     return statistics.median(v), max(v), min(v)
+
+
+def render_failover(meta, results):
+    out = []
+    out.append(f"Session timeout {meta['session_timeout']} (ZooKeeper tickTime=200, minSessionTimeout=400 ms); "
+               f"2 containers sharing one data directory; {meta['rounds']} rounds per signal; state file polled every 1 ms; "
+               f"STOMP probe retries connect every 1 ms; quiet wait before each kill up to {meta.get('quiet_wait', 0):g} s. "
+               f"Times in ms from the signal (monotonic clock; the log columns use the brokers' wall-clock timestamps).\n")
+    out.append("| signal | round | killed → new master | old process exited | state file role=master | first TCP accept | CONNECTED | first RECEIPT | new master log: store lock seen free | first in line | epoch claimed | `journal recovered` elapsed_ms | activation_ms | epoch | cluster-list ok | CPU idle 1 s before kill |")
+    out.append("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+    for r in results:
+        lg = r["log"]
+        idle = r.get("idle_before")
+        out.append(f"| {r['signal']} | {r['round']} | {r['killed']} → {r['new_master']} | {fmt(r['old_exit_ms'],2)} | "
+                   f"{fmt(r['state_master_ms'],2)} | {fmt(r['first_tcp_ms'],2)} | {fmt(r['connected_ms'],2)} | "
+                   f"{fmt(r['receipt_ms'],2)} | {fmt(lg.get('lock_seen_ms'))} | {fmt(lg.get('first_in_line_ms'))} | {fmt(lg.get('epoch_claimed_ms'))} | {fmt(lg.get('recovery_elapsed_ms'))} | "
+                   f"{fmt(lg.get('activation_ms'))} | {fmt(r['epoch'])} | {'yes' if r['cluster_ok'] else 'NO'} | {'–' if idle is None else f'{idle*100:.0f} %'} |")
+    out.append("")
+    out.append("| signal | rounds | state file role=master: median / max (min) ms | first RECEIPT: median / max (min) ms | first in line (log): median / max ms | old process exited: median / max ms |")
+    out.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for sig in ("SIGTERM", "SIGKILL"):
+        rs = [r for r in results if r["signal"] == sig]
+        if not rs:
+            continue
+        s = summarize([r["state_master_ms"] for r in rs])
+        p = summarize([r["receipt_ms"] for r in rs])
+        f = summarize([r["log"].get("first_in_line_ms") for r in rs])
+        e = summarize([r["old_exit_ms"] for r in rs])
+        out.append(f"| {sig} | {len(rs)} | {fmt(s[0],2)} / {fmt(s[1],2)} ({fmt(s[2],2)}) | {fmt(p[0],2)} / {fmt(p[1],2)} ({fmt(p[2],2)}) | "
+                   f"{fmt(f[0])} / {fmt(f[1])} | {fmt(e[0],2)} / {fmt(e[1],2)} |")
+    return "\n".join(out)
+
+
+def cmd_failover_report(a):
+    """Re-derives the log columns of a finished run from its broker logs and prints the tables."""
+    with open(os.path.join(a.work, "failover.json")) as f:
+        d = json.load(f)
+    results = d["results"]
+    kills = sorted(r["kill_wall"] for r in results)
+    logs = {}
+    for r in results:
+        name = r["new_master"]
+        if name not in logs:
+            with open(os.path.join(a.work, f"{name}.log"), errors="replace") as f:
+                logs[name] = f.read().splitlines()
+        nxt = next((k for k in kills if k > r["kill_wall"]), r["kill_wall"] + ROUND_TIMEOUT_S)
+        window = []
+        for line in logs[name]:
+            m = TS_RE.match(line)
+            if m:
+                ts = dt.datetime.fromisoformat(m.group(1)[:26]).replace(tzinfo=dt.timezone.utc).timestamp()
+                if r["kill_wall"] <= ts < min(nxt, r["kill_wall"] + ROUND_TIMEOUT_S):
+                    window.append(line)
+        r["log"] = takeover_details("\n".join(window), r["kill_wall"])
+    d.setdefault("quiet_wait", a.quiet_wait)
+    print(render_failover(d, results))
+    return 0
 
 
 def cmd_failover(a):
@@ -452,8 +571,13 @@ def cmd_failover(a):
                 # The master serves (and the probe connection is closed before the signal).
                 stomp_send_once(m.port, "/queue/failover", "before kill")
                 time.sleep(a.settle)
+                # Idle share of both CPUs in the second before the kill (the machine is shared);
+                # with --quiet-wait, wait up to that long for a second that is >= 85 % idle.
+                idle, waited = wait_quiet(a.quiet_wait)
                 r = kill_and_measure(m, o, sig, "/queue/failover")
                 r["round"] = rnd
+                r["idle_before"] = idle
+                r["quiet_waited_s"] = waited
                 # Restart the killed container: it must come back as a slave.
                 t_r = mono()
                 m.start()
@@ -469,34 +593,13 @@ def cmd_failover(a):
                     f"log {json.dumps({k: v for k, v in r['log'].items() if k != 'warnings'})}, cluster_ok={r['cluster_ok']}")
                 time.sleep(a.settle)
     finally:
-        for b in brokers:
-            b.stop(signal.SIGTERM)
+        stop_all(brokers)
         with open(a.out, "w") as f:
-            json.dump({"session_timeout": a.session_timeout, "rounds": a.rounds, "results": results}, f, indent=1)
+            json.dump({"session_timeout": a.session_timeout, "rounds": a.rounds, "quiet_wait": a.quiet_wait,
+                       "results": results}, f, indent=1)
 
-    out = []
-    out.append(f"Session timeout {a.session_timeout} (ZooKeeper tickTime=200, minSessionTimeout=400 ms); "
-               f"2 containers sharing one data directory; {a.rounds} rounds per signal; state file polled every 1 ms; "
-               f"STOMP probe retries connect every 1 ms. Times in ms from the signal (monotonic clock).\n")
-    out.append("| signal | round | killed → new master | old process exited | state file role=master | first TCP accept | CONNECTED | first RECEIPT | new master log: first in line | recovery (ms) | activation_ms | epoch | cluster-list ok |")
-    out.append("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
-    for r in results:
-        lg = r["log"]
-        out.append(f"| {r['signal']} | {r['round']} | {r['killed']} → {r['new_master']} | {fmt(r['old_exit_ms'],2)} | "
-                   f"{fmt(r['state_master_ms'],2)} | {fmt(r['first_tcp_ms'],2)} | {fmt(r['connected_ms'],2)} | "
-                   f"{fmt(r['receipt_ms'],2)} | {fmt(lg.get('first_in_line_ms'))} | {fmt(lg.get('recovery_elapsed_ms'))} | "
-                   f"{fmt(lg.get('activation_ms'))} | {fmt(r['epoch'])} | {'yes' if r['cluster_ok'] else 'NO'} |")
-    out.append("")
-    out.append("| signal | rounds | state file role=master: median / max (min) ms | first RECEIPT: median / max (min) ms |")
-    out.append("| --- | ---: | ---: | ---: |")
-    for sig in ("SIGTERM", "SIGKILL"):
-        rs = [r for r in results if r["signal"] == sig]
-        if not rs:
-            continue
-        s = summarize([r["state_master_ms"] for r in rs])
-        p = summarize([r["receipt_ms"] for r in rs])
-        out.append(f"| {sig} | {len(rs)} | {fmt(s[0],2)} / {fmt(s[1],2)} ({fmt(s[2],2)}) | {fmt(p[0],2)} / {fmt(p[1],2)} ({fmt(p[2],2)}) |")
-    print("\n".join(out))
+    print(render_failover({"session_timeout": a.session_timeout, "rounds": a.rounds,
+                           "quiet_wait": a.quiet_wait}, results))
     bad = [r for r in results if r["state_master_ms"] is None or r["receipt_ms"] is None or not r["cluster_ok"]]
     return 1 if bad else 0
 
@@ -558,23 +661,32 @@ def drop_caches():
         return False, f"{type(e).__name__}: {e}"
 
 
-def restart_measure(b, expect, label):
+def restart_measure(b, expect, label, quiet_wait=0.0):
     """kill -9 the running broker, restart it on the same data, time launch -> ready file."""
     if b.alive():
         b.stop(signal.SIGKILL)
+    idle_before, _ = wait_quiet(quiet_wait)
     off = b.log_size()
+    s0 = cpu_snap()
     b.start()
     t_ready = b.wait_ready_file()
+    idle_during = idle_since(s0)
     st0 = proc_status(b.pid)
     time.sleep(1.0)
     st1 = proc_status(b.pid)
+    # tokio's blocking pool keeps the thread that ran the recovery for 10 s; its allocator heap
+    # (mimalloc) is only given back when it exits, so the settled RSS is read after that.
+    time.sleep(SETTLE_RSS_S - 1.0)
+    st2 = proc_status(b.pid)
     rec = recovered_from_log(b.log_since(off))
     r = {"label": label, "ready_ms": ms(t_ready - b.launch_ns), "rss_at_ready_mib": st0.get("VmRSS"),
-         "rss_1s_mib": st1.get("VmRSS"), "hwm_1s_mib": st1.get("VmHWM"), **rec}
+         "hwm_at_ready_mib": st0.get("VmHWM"), "rss_1s_mib": st1.get("VmRSS"), "hwm_1s_mib": st1.get("VmHWM"),
+         "rss_settled_mib": st2.get("VmRSS"), "hwm_settled_mib": st2.get("VmHWM"), "loadavg_1m": loadavg(),
+         "idle_before": idle_before, "idle_during": idle_during, **rec}
     if rec.get("messages") != expect:
         r["mismatch"] = f"expected {expect} messages, log says {rec.get('messages')}"
     log(f"  {label}: ready {r['ready_ms']:.1f} ms, recovered {rec.get('messages')} msgs in {rec.get('elapsed_ms')} ms, "
-        f"RSS {st0.get('VmRSS')} -> {st1.get('VmRSS')} MiB")
+        f"RSS {st0.get('VmRSS')} -> {st1.get('VmRSS')} -> {st2.get('VmRSS')} MiB (HWM {st2.get('VmHWM')})")
     return r
 
 
@@ -599,12 +711,12 @@ def cmd_recovery(a):
                 rep_json, fill_ms, fcmd = fill(port, n, "queue://recovery")
                 fill_cmds.append(fcmd)
                 journal_bytes = dir_bytes(os.path.join(data, "journal"))
-                r = restart_measure(b, n, "warm, 1st restart after fill")
+                r = restart_measure(b, n, "warm, 1st restart after fill", a.quiet_wait)
                 r.update(n=n, rep=rep, empty_start_ms=empty_ms, fill_ms=fill_ms, fill_rate=rep_json.get("send_rate"),
                          journal_mib=journal_bytes / 2**20)
                 results.append(r)
                 if rep == a.reps:
-                    r2 = restart_measure(b, n, "warm, 2nd restart, same dir")
+                    r2 = restart_measure(b, n, "warm, 2nd restart, same dir", a.quiet_wait)
                     r2.update(n=n, rep=rep, journal_mib=dir_bytes(os.path.join(data, "journal")) / 2**20)
                     results.append(r2)
                     if n == a.cold_count:
@@ -612,7 +724,7 @@ def cmd_recovery(a):
                         ok, why = drop_caches()
                         cold_note = {"n": n, "drop_caches_worked": ok, "detail": why}
                         log(f"  drop_caches: {ok} ({why})")
-                        r3 = restart_measure(b, n, "cold (after drop_caches)" if ok else "3rd restart (drop_caches FAILED: warm)")
+                        r3 = restart_measure(b, n, "cold (after drop_caches)" if ok else "3rd restart (drop_caches FAILED: warm)", a.quiet_wait)
                         r3.update(n=n, rep=rep, drop_caches=ok, journal_mib=dir_bytes(os.path.join(data, "journal")) / 2**20)
                         results.append(r3)
             finally:
@@ -621,12 +733,13 @@ def cmd_recovery(a):
                     subprocess.run(["rm", "-rf", data])
     with open(a.out, "w") as f:
         json.dump({"results": results, "cold": cold_note, "fill_commands": fill_cmds}, f, indent=1)
-    out = ["| N (1 KiB persistent) | rep | restart | journal on disk (MiB) | launch → ready file (ms) | `journal recovered` elapsed_ms | messages recovered | records | startup_ms (log) | VmRSS at ready (MiB) | VmRSS +1 s (MiB) | VmHWM +1 s (MiB) |",
-           "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    out = ["| N (1 KiB persistent) | rep | restart | journal on disk (MiB) | launch → ready file (ms) | `journal recovered` elapsed_ms | rest of start-up (ms) | messages recovered | records | VmRSS at ready (MiB) | VmRSS +1 s (MiB) | VmRSS +12 s (MiB) | VmHWM (MiB) | CPU idle 1 s before / during |",
+           "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
+        rest = r["ready_ms"] - r["elapsed_ms"] if r.get("elapsed_ms") is not None else None
         out.append(f"| {r['n']:,} | {r['rep']} | {r['label']} | {fmt(r.get('journal_mib'),0)} | {fmt(r['ready_ms'],1)} | {fmt(r.get('elapsed_ms'))} | "
-                   f"{fmt(r.get('messages'))} | {fmt(r.get('records'))} | {fmt(r.get('startup_ms_logged'))} | {fmt(r.get('rss_at_ready_mib'))} | "
-                   f"{fmt(r.get('rss_1s_mib'))} | {fmt(r.get('hwm_1s_mib'))} |")
+                   f"{fmt(rest,0)} | {fmt(r.get('messages'))} | {fmt(r.get('records'))} | {fmt(r.get('rss_at_ready_mib'))} | "
+                   f"{fmt(r.get('rss_1s_mib'))} | {fmt(r.get('rss_settled_mib'))} | {fmt(r.get('hwm_settled_mib'))} | {r['idle_before']*100:.0f} % / {r['idle_during']*100:.0f} % |")
     out.append("")
     fills = [r for r in results if "fill_ms" in r]
     out.append("Fill (1 producer, receipt every 100): " + "; ".join(
@@ -653,27 +766,34 @@ def cmd_fabric_recovery(a):
         res.update(n=a.count, fill_ms=fill_ms, fill_rate=rep.get("send_rate"), fill_cmd=fcmd,
                    journal_mib=dir_bytes(os.path.join(a.work, "shared-data", "journal")) / 2**20)
         time.sleep(a.settle)
+        res["slave_rss_before_mib"] = proc_status(o.pid).get("VmRSS")
+        res["idle_before"], _ = wait_quiet(a.quiet_wait)
         r = kill_and_measure(m, o, signal.SIGKILL, "/queue/failover-probe", timeout_s=120)
         st = proc_status(o.pid)
         time.sleep(1.0)
         st1 = proc_status(o.pid)
+        time.sleep(SETTLE_RSS_S - 1.0)
+        st2 = proc_status(o.pid)
         res.update(r)
-        res.update(rss_at_takeover_mib=st.get("VmRSS"), rss_1s_mib=st1.get("VmRSS"), hwm_1s_mib=st1.get("VmHWM"))
+        res.update(rss_at_takeover_mib=st.get("VmRSS"), rss_1s_mib=st1.get("VmRSS"), hwm_1s_mib=st2.get("VmHWM"),
+                   rss_settled_mib=st2.get("VmRSS"))
         # A consumer-less check that the messages survived: the log's recovered count.
         m.start()
         m.wait_state("slave")
         res["cluster_list"] = cluster_list(a.zk)
     finally:
-        for b in brokers:
-            b.stop(signal.SIGTERM)
+        stop_all(brokers)
         with open(a.out, "w") as f:
             json.dump(res, f, indent=1)
     lg = res.get("log", {})
-    out = ["| N (1 KiB persistent) | journal (MiB) | kill -9 → slave's state file role=master (ms) | → first RECEIPT (ms) | slave log: lock seen (ms) | first in line (ms) | `journal recovered` elapsed_ms | messages recovered | activation_ms | new master VmRSS at takeover / +1 s (MiB) |",
-           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    out = ["| N (1 KiB persistent) | journal (MiB) | kill -9 → slave's state file role=master (ms) | → first RECEIPT (ms) | slave log: store lock seen free (ms) | first in line (ms) | epoch claimed (ms) | `journal recovered` elapsed_ms | messages recovered | activation_ms | new master VmRSS at takeover / +1 s / +12 s (MiB) | VmHWM (MiB) |",
+           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
            f"| {res['n']:,} | {fmt(res.get('journal_mib'),0)} | {fmt(res.get('state_master_ms'),1)} | {fmt(res.get('receipt_ms'),1)} | "
-           f"{fmt(lg.get('lock_seen_ms'))} | {fmt(lg.get('first_in_line_ms'))} | {fmt(lg.get('recovery_elapsed_ms'))} | {fmt(lg.get('recovered_messages'))} | "
-           f"{fmt(lg.get('activation_ms'))} | {fmt(res.get('rss_at_takeover_mib'))} / {fmt(res.get('rss_1s_mib'))} |"]
+           f"{fmt(lg.get('lock_seen_ms'))} | {fmt(lg.get('first_in_line_ms'))} | {fmt(lg.get('epoch_claimed_ms'))} | {fmt(lg.get('recovery_elapsed_ms'))} | {fmt(lg.get('recovered_messages'))} | "
+           f"{fmt(lg.get('activation_ms'))} | {fmt(res.get('rss_at_takeover_mib'))} / {fmt(res.get('rss_1s_mib'))} / {fmt(res.get('rss_settled_mib'))} | {fmt(res.get('hwm_1s_mib'))} |",
+           "", f"Slave VmRSS before the kill (store not loaded): {fmt(res.get('slave_rss_before_mib'))} MiB; "
+           f"CPU idle in the second before the kill: {res.get('idle_before', 0)*100:.0f} %; "
+           f"fill {fmt(res.get('fill_ms', 0) / 1000, 1)} s ({fmt(res.get('fill_rate'), 0)} msg/s); epoch after takeover {fmt(res.get('epoch'))}."]
     print("\n".join(out))
     ok = res.get("state_master_ms") is not None and lg.get("recovered_messages", -1) >= a.count
     return 0 if ok else 1
@@ -688,13 +808,19 @@ def main():
     f.add_argument("--rounds", type=int, default=5)
     f.add_argument("--session-timeout", default="4s")
     f.add_argument("--settle", type=float, default=0.5)
+    f.add_argument("--quiet-wait", type=float, default=0.0,
+                   help="wait up to this many seconds before each kill for a >=85%% idle second")
     f.add_argument("--out", required=True)
+    fr0 = sp.add_parser("failover-report", help="re-derive the log columns of a failover run and print its tables")
+    fr0.add_argument("--work", required=True)
+    fr0.add_argument("--quiet-wait", type=float, default=0.0, help="for runs whose JSON lacks it")
     r = sp.add_parser("recovery")
     r.add_argument("--work", required=True)
     r.add_argument("--counts", default="100000,1000000")
     r.add_argument("--reps", type=int, default=2)
     r.add_argument("--cold-count", type=int, default=1000000)
     r.add_argument("--keep", action="store_true")
+    r.add_argument("--quiet-wait", type=float, default=0.0)
     r.add_argument("--out", required=True)
     fr = sp.add_parser("fabric-recovery")
     fr.add_argument("--zk", required=True)
@@ -702,11 +828,12 @@ def main():
     fr.add_argument("--count", type=int, default=100000)
     fr.add_argument("--session-timeout", default="4s")
     fr.add_argument("--settle", type=float, default=0.5)
+    fr.add_argument("--quiet-wait", type=float, default=0.0)
     fr.add_argument("--out", required=True)
     a = p.parse_args()
     sys.setswitchinterval(0.0005)
     try:
-        rc = {"failover": cmd_failover, "recovery": cmd_recovery, "fabric-recovery": cmd_fabric_recovery}[a.cmd](a)
+        rc = {"failover": cmd_failover, "failover-report": cmd_failover_report, "recovery": cmd_recovery, "fabric-recovery": cmd_fabric_recovery}[a.cmd](a)
     finally:
         cleanup()
     sys.exit(rc)
