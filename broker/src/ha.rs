@@ -272,9 +272,15 @@ async fn term(
             locked,
         )
     };
-    registry
+    // From here on the server runs: every way out goes through the step-down below (no `?`).
+    if let Err(e) = registry
         .update_member(&member, &master_record(store_locked))
-        .await?;
+        .await
+    {
+        // The master record is published, so clients may already use us; only the member
+        // record lags. Keep serving: the session watch below decides whether we still lead.
+        warn!(error = %e, "cannot update the member record to master");
+    }
     write_state(ha, "master", &services, Some(claim.epoch));
     info!(
         epoch = claim.epoch,
