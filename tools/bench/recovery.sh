@@ -32,19 +32,9 @@ COLD_COUNT="${COLD_COUNT:-1000000}"
 FABRIC_COUNT="${FABRIC_COUNT:-100000}"
 TOTAL_TIMEOUT="${TOTAL_TIMEOUT:-1800}"
 export MQ_BIN_DIR="${MQ_BIN_DIR:-/work/main/target/release}"
-for b in mq-broker mq-client mq-fabric; do
-    [[ -x "$MQ_BIN_DIR/$b" ]] || { echo "missing $MQ_BIN_DIR/$b: cargo build --release --bins" >&2; exit 2; }
-done
 # shellcheck source=zk-lib.sh
 source "$HERE/zk-lib.sh"
-
-binaries_info() {   # which binaries were measured (another build may replace them between runs)
-    local b
-    for b in mq-broker mq-client mq-fabric; do
-        printf '%s mtime=%s sha256=%.16s\n' "$b" \
-            "$(date -u -r "$MQ_BIN_DIR/$b" +%Y-%m-%dT%H:%M:%SZ)" "$(sha256sum "$MQ_BIN_DIR/$b" | cut -d' ' -f1)"
-    done
-}
+require_binaries
 
 DRIVER_PID=""
 cleanup() {

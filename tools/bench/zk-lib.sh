@@ -13,6 +13,23 @@ ZK_PID=""
 ZK_PORT=""
 ZK_START_TIMEOUT="${ZK_START_TIMEOUT:-60}"
 
+# The release binaries the benchmarks drive ($MQ_BIN_DIR); exits 2 if one is missing.
+require_binaries() {
+    local b
+    for b in mq-broker mq-client mq-fabric; do
+        [[ -x "$MQ_BIN_DIR/$b" ]] || { echo "missing $MQ_BIN_DIR/$b: cargo build --release --bins" >&2; exit 2; }
+    done
+}
+
+# Which binaries were measured (another build may replace them between runs).
+binaries_info() {
+    local b
+    for b in mq-broker mq-client mq-fabric; do
+        printf '%s mtime=%s sha256=%.16s\n' "$b" \
+            "$(date -u -r "$MQ_BIN_DIR/$b" +%Y-%m-%dT%H:%M:%SZ)" "$(sha256sum "$MQ_BIN_DIR/$b" | cut -d' ' -f1)"
+    done
+}
+
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
