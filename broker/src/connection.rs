@@ -44,7 +44,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::auth::Principal;
 use crate::broker::{Broker, Dedup};
-use crate::destination::{ConsumerKey, Outbox, Queue};
+use crate::destination::{ConsumerKey, Outbox, Queue, STORE_BACKLOG_LIMIT};
 use crate::message::{now_ms, Delivery, Message, Outbound, Source, DEFAULT_PRIORITY};
 use crate::store::{Op, ProducerSeq};
 
@@ -55,10 +55,6 @@ pub const SERVER: &str = concat!("fabricmq/", env!("CARGO_PKG_VERSION"));
 const MAX_PENDING_RECEIPTS: usize = 8192;
 /// Most deliveries taken from the outbox per loop turn.
 const OUTBOX_BATCH: usize = 256;
-/// Bytes a store may have queued for its writer before producers wait (stop reading their
-/// socket) until it is down to half: receipt-less persistent sends and spilled messages have no
-/// receipt to slow their producer, so without this they could queue more than the disk absorbs.
-const STORE_BACKLOG_LIMIT: u64 = 8 << 20;
 
 /// A problem that ends the connection with an ERROR frame.
 #[derive(Debug)]
@@ -111,6 +107,7 @@ enum AckMode {
     Individual,
 }
 
+/// A destination resolved once: what a subscription reads from, or where a SEND goes.
 enum SubTarget {
     Queue(Arc<Queue>),
     Topic(Arc<crate::destination::Topic>),
@@ -703,7 +700,7 @@ impl Conn {
             return Ok(());
         }
         let mut ops = Vec::new();
-        let accepted = self.accept(send, &mut ops).await;
+        let accepted = self.accept(send, &mut ops);
         let journal = &self.broker.journal;
         match (receipt, ops.is_empty()) {
             (Some(r), false) => {
@@ -733,29 +730,35 @@ impl Conn {
             (None, false) => journal.append_lazy(ops),
             (None, true) => {}
         }
-        if let Some((dest, msg)) = accepted {
-            self.route(&dest, msg);
+        if let Some((target, msg)) = accepted {
+            self.route(&target, msg);
         }
-        store_backpressure(self.broker.context().clone()).await;
+        if self.broker.context().stores_behind() {
+            store_backpressure(self.broker.context().clone()).await;
+        }
         Ok(())
     }
 
     /// De-duplicates and builds the message; persistent queue messages add their journal op
     /// to `ops`. Returns the message to route, or None for a duplicate.
-    async fn accept(
+    fn accept(
         &mut self,
         send: PendingSend,
         ops: &mut Vec<Op>,
-    ) -> Option<(String, Arc<Message>)> {
+    ) -> Option<(SubTarget, Arc<Message>)> {
         if self.broker.dedup(send.producer.as_ref()) == Dedup::Duplicate {
             debug!(producer = ?send.producer, "duplicate send dropped");
             return None;
         }
-        // Share the destination's name instead of allocating one per message.
-        let destination = if send.is_queue {
-            self.broker.queue(&send.destination).name.clone()
+        // Resolved once: routing uses it, and the message shares its name.
+        let target = if send.is_queue {
+            SubTarget::Queue(self.broker.queue(&send.destination))
         } else {
-            self.broker.topic(&send.destination).name.clone()
+            SubTarget::Topic(self.broker.topic(&send.destination))
+        };
+        let destination = match &target {
+            SubTarget::Queue(q) => q.name.clone(),
+            SubTarget::Topic(t) => t.name.clone(),
         };
         let mut msg = Message {
             id: self.broker.next_message_id(),
@@ -775,16 +778,16 @@ impl Conn {
             }
             msg = self.broker.admit(msg);
         }
-        Some((send.destination, Arc::new(msg)))
+        Some((target, Arc::new(msg)))
     }
 
-    fn route(&self, dest: &str, msg: Arc<Message>) {
-        if dest.starts_with("/queue/") {
-            let q = self.broker.queue(dest);
-            let fx = q.enqueue([msg]);
-            self.broker.apply(fx);
-        } else {
-            self.broker.topic(dest).publish(msg);
+    fn route(&self, target: &SubTarget, msg: Arc<Message>) {
+        match target {
+            SubTarget::Queue(q) => {
+                let fx = q.enqueue([msg]);
+                self.broker.apply(fx);
+            }
+            SubTarget::Topic(t) => t.publish(msg),
         }
     }
 
@@ -828,7 +831,7 @@ impl Conn {
         }
         let mut accepted = Vec::new();
         for send in tx.sends {
-            if let Some(m) = self.accept(send, &mut ops).await {
+            if let Some(m) = self.accept(send, &mut ops) {
                 accepted.push(m);
             }
         }
@@ -854,10 +857,12 @@ impl Conn {
                 }
             }));
         }
-        for (dest, msg) in accepted {
-            self.route(&dest, msg);
+        for (target, msg) in accepted {
+            self.route(&target, msg);
         }
-        store_backpressure(self.broker.context().clone()).await;
+        if self.broker.context().stores_behind() {
+            store_backpressure(self.broker.context().clone()).await;
+        }
         Ok(())
     }
 
@@ -1025,13 +1030,17 @@ impl Conn {
                     .with_receipt(f)
             })?;
             let wanted_sub = f.get("subscription");
+            // Our message ids are `ID:fabricmq-<id>`; anything else is not ours.
+            let wanted_id = mid
+                .strip_prefix("ID:fabricmq-")
+                .and_then(|n| n.parse::<u64>().ok());
             let found = self
                 .subs
                 .values()
                 .filter(|s| wanted_sub.is_none_or(|w| w == s.id))
                 .find_map(|s| {
                     s.unacked.iter().find_map(|(tag, u)| {
-                        (format!("ID:fabricmq-{}", u.msg_id) == mid).then(|| (s.id.clone(), *tag))
+                        (Some(u.msg_id) == wanted_id).then(|| (s.id.clone(), *tag))
                     })
                 });
             match found {

@@ -136,6 +136,11 @@ pub struct Effects {
     pub dead_letters: Vec<(Arc<Message>, u32, DeadLetterReason)>,
 }
 
+/// Bytes a store may have queued for its writer before producers wait (stop reading their
+/// socket) until it is down to half: receipt-less persistent sends and spilled messages have no
+/// receipt to slow their producer, so without this they could queue more than the disk absorbs.
+pub const STORE_BACKLOG_LIMIT: u64 = 8 << 20;
+
 /// Shared services a queue needs.
 pub struct QueueContext {
     /// The journal, for acks of persistent messages.
@@ -155,6 +160,13 @@ impl QueueContext {
         } else {
             &self.temp
         }
+    }
+
+    /// Whether the journal or the temporary store has more queued for its writer than producers
+    /// may add to (see the connection's store backpressure).
+    pub fn stores_behind(&self) -> bool {
+        self.journal.backlog_bytes() > STORE_BACKLOG_LIMIT
+            || self.temp.backlog_bytes() > STORE_BACKLOG_LIMIT
     }
 
     /// The body, from memory or from its store (blocking read, usually from the page cache).
