@@ -12,6 +12,8 @@ command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 # Real ZooKeeper for the fabric tests (the harness starts its own server on a free loopback port).
 [ -e /usr/share/java/zookeeper.jar ] || need_apt+=(zookeeper)
+# The chaos test puts ZooKeeper, each broker and the clients in network namespaces (ip netns).
+command -v ip >/dev/null || need_apt+=(iproute2)
 if ((${#need_apt[@]})); then
   step "installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo

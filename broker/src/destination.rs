@@ -44,13 +44,14 @@ pub struct ConsumerKey {
 pub struct Outbox {
     /// Sender side of the connection's outbox.
     pub tx: UnboundedSender<Outbound>,
-    /// Bytes queued and not yet taken by the connection task.
+    /// Bytes queued and not yet taken by the connection task, counted with
+    /// [`Message::outbox_bytes`] (body plus bookkeeping).
     pub pending: Arc<AtomicU64>,
 }
 
 impl Outbox {
     fn deliver(&self, d: Delivery) -> Result<(), Delivery> {
-        let size = d.msg.body_len as u64;
+        let size = d.msg.outbox_bytes();
         self.pending.fetch_add(size, Ordering::Relaxed);
         self.tx.send(Outbound::Deliver(d)).map_err(|e| {
             self.pending.fetch_sub(size, Ordering::Relaxed);

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fabricmq_registry::{
-    EpochClaim, MasterRecord, Member, MemberRecord, MemberState, Registry, RegistryConfig,
-    RegistryError, SessionEvent,
+    EpochClaim, HandoverRequest, MasterRecord, Member, MemberRecord, MemberState, Registry,
+    RegistryConfig, RegistryError, SessionEvent,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -65,7 +65,15 @@ enum Ended {
     Shutdown,
     /// Lost (or could not prove) leadership: rejoin.
     StepDown(String),
+    /// Asked to hand over (`mq-fabric master yield`): drained like a clean stop, then rejoin at
+    /// the back of the line.
+    Yield(HandoverRequest),
 }
+
+/// How often a master looks for a hand-over request.
+const HANDOVER_POLL: Duration = Duration::from_millis(100);
+/// A hand-over request older than this is ignored by slaves deciding whether to defer.
+const HANDOVER_STALE: Duration = Duration::from_secs(60);
 
 /// Runs the lifecycle until `shutdown` is cancelled.
 pub async fn run(config: BrokerConfig, ha: HaSettings, shutdown: CancellationToken) {
@@ -100,6 +108,12 @@ pub async fn run(config: BrokerConfig, ha: HaSettings, shutdown: CancellationTok
             }
             Ok(Ended::StepDown(why)) => {
                 warn!(reason = %why, "stepping down; rejoining the group as a new member");
+            }
+            Ok(Ended::Yield(req)) => {
+                info!(
+                    to = req.to.as_deref().unwrap_or("any slave"),
+                    "handed over; rejoining the group as a slave"
+                );
             }
             Err(e) => warn!(error = %e, "registry error; rejoining the group"),
         }
@@ -150,26 +164,36 @@ async fn term(
     registry: &Registry,
     shutdown: &CancellationToken,
 ) -> Result<Ended, RegistryError> {
-    let member = registry
-        .join(
-            &ha.group,
-            &member_record(ha, MemberState::Slave, None, &[], false),
-        )
-        .await?;
-    let master = registry.master(&ha.group).await.ok().flatten();
-    info!(
-        group = %ha.group,
-        node = %member.node,
-        master = master.as_ref().map(|m| m.container.as_str()).unwrap_or("none"),
-        "joined the group as slave; no client listener is open"
-    );
-    write_state(ha, "slave", &[], None);
+    let (member, lock) = loop {
+        let member = registry
+            .join(
+                &ha.group,
+                &member_record(ha, MemberState::Slave, None, &[], false),
+            )
+            .await?;
+        let master = registry.master(&ha.group).await.ok().flatten();
+        info!(
+            group = %ha.group,
+            node = %member.node,
+            master = master.as_ref().map(|m| m.container.as_str()).unwrap_or("none"),
+            "joined the group as slave; no client listener is open"
+        );
+        write_state(ha, "slave", &[], None);
 
-    // Wait to be first in line, also watching the store lock when next in line.
-    let lock = match wait_for_turn(config, ha, registry, &member, shutdown).await? {
-        Turn::Shutdown => return Ok(Ended::Shutdown),
-        Turn::Expired => return Ok(Ended::StepDown("session expired while slave".into())),
-        Turn::First(lock) => lock,
+        // Wait to be first in line, also watching the store lock when next in line.
+        let lock = match wait_for_turn(config, ha, registry, &member, shutdown).await? {
+            Turn::Shutdown => return Ok(Ended::Shutdown),
+            Turn::Expired => return Ok(Ended::StepDown("session expired while slave".into())),
+            Turn::First(lock) => lock,
+        };
+        if let Some(to) = defer_to(ha, registry).await {
+            // A hand-over to another container is pending: go to the back of the line.
+            info!(%to, "deferring to the container chosen by a pending hand-over");
+            drop(lock);
+            registry.remove_member_node(&ha.group, &member.node).await?;
+            continue;
+        }
+        break (member, lock);
     };
 
     // Activate. Take the store lock if it is free; if a paused predecessor still holds it,
@@ -293,8 +317,18 @@ async fn term(
     // paused predecessor releases it when it steps down or dies) and say so once held, so that
     // slaves can again read the lock's release as this process's death.
     let mut late_lock: Option<DirLock> = None;
+    // A hand-over that made us master is done.
+    if let Ok(Some(req)) = registry.handover(&ha.group).await {
+        if req.from != ha.container {
+            info!(from = %req.from, "hand-over complete: this container took over");
+            if let Err(e) = registry.clear_handover(&ha.group, &req.id).await {
+                warn!(error = %e, "cannot remove the hand-over request");
+            }
+        }
+    }
     let watch = watch_term(
         registry,
+        ha,
         &member,
         claim,
         &gate,
@@ -324,6 +358,16 @@ async fn term(
         Ended::Shutdown => {
             let _ = registry.remove_master(&ha.group).await;
             info!("clean stop: master record removed; draining connections");
+            server_token.cancel();
+        }
+        Ended::Yield(req) => {
+            // As a clean stop: clients move as soon as the record is gone, in-flight receipts
+            // are still sent, the store is closed (lock released) before the session ends.
+            let _ = registry.remove_master(&ha.group).await;
+            info!(
+                to = req.to.as_deref().unwrap_or("any slave"),
+                "hand-over requested: master record removed; draining connections"
+            );
             server_token.cancel();
         }
         Ended::StepDown(why) => {
@@ -434,8 +478,11 @@ async fn publish(
 }
 
 /// Watches the session while serving. Returns why the term ended.
+// Each argument is a distinct piece of the term's state, borrowed from `term`.
+#[allow(clippy::too_many_arguments)]
 async fn watch_term(
     registry: &Registry,
+    ha: &HaSettings,
     member: &Member,
     claim: EpochClaim,
     gate: &Gate,
@@ -448,9 +495,21 @@ async fn watch_term(
     heart.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let grace = session_timeout / 3;
     let mut suspended_since: Option<Instant> = None;
+    let mut handover = tokio::time::interval(HANDOVER_POLL);
+    handover.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ended::Shutdown,
+            _ = handover.tick(), if suspended_since.is_none() && gate.is_open() => {
+                // Bounded well inside the heart's grace: a hung ZooKeeper call must not keep
+                // this loop from seeing session events.
+                let read = tokio::time::timeout(grace / 4, registry.handover(&ha.group)).await;
+                if let Ok(Ok(Some(req))) = read {
+                    if req.from == ha.container {
+                        return Ended::Yield(req);
+                    }
+                }
+            }
             _ = heart.tick() => {
                 let silent = gate.tick();
                 if silent > grace {
@@ -465,6 +524,11 @@ async fn watch_term(
                 }
                 if journal.is_fenced() {
                     return Ended::StepDown("the journal was fenced by a newer epoch".into());
+                }
+                if journal.has_failed() {
+                    // Disk full or an I/O error: never retry an fsync; hand the store over (a
+                    // new term, here or on a slave, re-reads what really is on disk).
+                    return Ended::StepDown("a journal write failed (disk full or I/O error)".into());
                 }
                 if let Some(since) = suspended_since {
                     if since.elapsed() > grace {
@@ -503,6 +567,22 @@ async fn watch_term(
             }
         }
     }
+}
+
+/// The container a pending, recent hand-over chose, if it is another live member of the group
+/// (then this one, first in line, must let it go first).
+async fn defer_to(ha: &HaSettings, registry: &Registry) -> Option<String> {
+    let req = registry.handover(&ha.group).await.ok()??;
+    let to = req.to?;
+    let age = Duration::from_millis(now_ms().saturating_sub(req.requested));
+    if to == ha.container || age > HANDOVER_STALE {
+        return None;
+    }
+    let members = registry.members(&ha.group).await.ok()?;
+    members
+        .iter()
+        .any(|m| m.record.container == to)
+        .then_some(to)
 }
 
 /// Whether `member` still exists and the group's epoch is still ours.

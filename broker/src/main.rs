@@ -91,6 +91,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    raise_open_file_limit();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -183,6 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         print!("{}", config.to_toml());
         return Ok(());
     }
+    warn_if_files_short(config.limits.max_connections);
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         if let Some(ha) = ha {
@@ -209,6 +211,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Raises the soft limit on open files (RLIMIT_NOFILE) to the hard limit, as production brokers
+/// do: every connection is a descriptor, and the usual soft limit of 1024 would refuse clients
+/// (EMFILE in the accept loop) long before `limits.max_connections`. Logs the resulting limit.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "cannot read the open file limit");
+            return;
+        }
+    };
+    // Linux refuses an infinite RLIMIT_NOFILE: the ceiling is then fs.nr_open.
+    let target = if hard == RLIM_INFINITY {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(soft)
+    } else {
+        hard
+    };
+    if target <= soft {
+        info!(soft, hard, "open file limit");
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+        Ok(()) => info!(
+            soft = target,
+            hard,
+            previous = soft,
+            "open file limit raised"
+        ),
+        Err(e) => warn!(error = %e, soft, hard, "cannot raise the open file limit"),
+    }
+}
+
+/// Warns when `limits.max_connections` cannot be reached under the open file limit.
+fn warn_if_files_short(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, Resource};
+    // The journal, its temporary store, listeners and the runtime need some descriptors too.
+    const RESERVED: u64 = 64;
+    if let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let wanted = max_connections as u64 + RESERVED;
+        if soft < wanted {
+            warn!(
+                open_file_limit = soft,
+                max_connections,
+                "the open file limit is below limits.max_connections; raise the hard limit (ulimit -Hn, LimitNOFILE=)"
+            );
+        }
+    }
 }
 
 async fn load_profile(

@@ -62,6 +62,19 @@ impl Message {
         (body + headers + 160) as u64
     }
 
+    /// Bytes one delivery of this message stands for while it waits in a connection's outbox:
+    /// the body (read from its store before encoding when it is not in memory) plus the
+    /// bookkeeping, so that messages with tiny or empty bodies still count towards a slow
+    /// consumer's limit (an empty message queued for a subscriber costs a few hundred bytes).
+    pub fn outbox_bytes(&self) -> u64 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 32)
+            .sum();
+        u64::from(self.body_len) + headers as u64 + 160
+    }
+
     /// The journal form (body included).
     pub fn to_stored(&self) -> StoredMessage {
         StoredMessage {

@@ -144,6 +144,9 @@ impl Connection {
         let est = dial(&ep, &opts).await?;
         let peer = ep.to_string();
         let shared = Arc::new(Shared::new(false, None, peer.clone()));
+        shared
+            .epoch
+            .store(est.negotiated.epoch.unwrap_or(0), Ordering::Release);
         let (links, parts) = Self::links();
         let state = ConnState::new(est.negotiated.version);
         let (driver, negotiated) = driver_for(est, state, links, opts.connect_timeout);
@@ -173,6 +176,9 @@ impl Connection {
         let est = connect_first(&mut source, &policy, &opts).await?;
         let endpoint = est.endpoint.clone();
         let shared = Arc::new(Shared::new(true, policy.timeout, endpoint.to_string()));
+        shared
+            .epoch
+            .store(est.negotiated.epoch.unwrap_or(0), Ordering::Release);
         let (links, parts) = Self::links();
         let state = ConnState::new(est.negotiated.version).with_dedup(
             DEDUP_WINDOW,
@@ -284,6 +290,17 @@ impl Connection {
         self.inner.shared.failover
             && !self.is_closed()
             && !self.inner.shared.connected.load(Ordering::Acquire)
+    }
+
+    /// The election epoch of the fabric master this connection is on now (its CONNECTED
+    /// `fabric-epoch` header; a failover connection updates it on every reconnection). `None`
+    /// for a standalone broker or another server. Read it before a request and again after its
+    /// receipt: the same value both times means that master gave the receipt.
+    pub fn broker_epoch(&self) -> Option<u64> {
+        match self.inner.shared.epoch.load(Ordering::Acquire) {
+            0 => None,
+            e => Some(e),
+        }
     }
 
     /// The CONNECTED `server` header (e.g. `fabricmq/0.1.0`), if the broker sent one.

@@ -74,6 +74,9 @@ pub(crate) struct Negotiated {
     pub(crate) send_every: Option<Duration>,
     /// Expect something from the broker this often (None: no check).
     pub(crate) expect_every: Option<Duration>,
+    /// CONNECTED `fabric-epoch` header: the election epoch of the fabric master that answered
+    /// (absent from standalone brokers and other servers).
+    pub(crate) epoch: Option<u64>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -182,6 +185,9 @@ where
         server: frame.get("server").map(str::to_owned),
         send_every: nonzero_ms(send_ms),
         expect_every: nonzero_ms(expect_ms),
+        epoch: frame
+            .get("fabric-epoch")
+            .and_then(|e| e.trim().parse().ok()),
     };
     Ok((negotiated, decoder, rbuf))
 }

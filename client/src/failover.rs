@@ -302,6 +302,8 @@ pub(crate) struct Shared {
     pub(crate) timeout: Option<Duration>,
     /// The endpoint in use (or last used).
     pub(crate) endpoint: Mutex<String>,
+    /// The fabric epoch of the broker in use (0: unknown or not a fabric master).
+    pub(crate) epoch: AtomicU64,
 }
 
 impl Shared {
@@ -316,6 +318,7 @@ impl Shared {
             failover,
             timeout,
             endpoint: Mutex::new(endpoint),
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -602,6 +605,9 @@ impl Task {
                             info!(endpoint = %ep, "connected");
                             let (mut driver, negotiated) =
                                 driver_for(est, state, links, self.opts.connect_timeout);
+                            self.shared
+                                .epoch
+                                .store(negotiated.epoch.unwrap_or(0), Ordering::Release);
                             let held = held.into_iter().map(|(_, c)| c);
                             driver.resume_session(negotiated.version, held);
                             return Some((driver, ep));

@@ -64,7 +64,7 @@ enum Step {
 }
 
 impl Registry {
-    fn group_paths(&self, group: &str) -> Result<GroupPaths, RegistryError> {
+    pub(crate) fn group_paths(&self, group: &str) -> Result<GroupPaths, RegistryError> {
         let paths = self.inner.layout.group(group);
         check_name("group", group, || paths.group.clone())?;
         Ok(paths)

@@ -9,6 +9,7 @@
 //! <root>/registry/clusters/<group>/members/<container>-    ephemeral sequential  MemberRecord JSON
 //! <root>/registry/clusters/<group>/master                  ephemeral   MasterRecord JSON
 //! <root>/registry/clusters/<group>/epoch                   persistent  {"epoch": N}
+//! <root>/registry/clusters/<group>/handover                persistent  HandoverRequest JSON (while one is pending)
 //! ```
 //!
 //! Nothing here talks to ZooKeeper.
@@ -95,6 +96,27 @@ impl GroupPaths {
     pub fn epoch(&self) -> String {
         format!("{}/epoch", self.group)
     }
+
+    /// The persistent node holding a pending controlled hand-over ([`HandoverRequest`]).
+    pub fn handover(&self) -> String {
+        format!("{}/handover", self.group)
+    }
+}
+
+/// A request that the master `from` drain and step down (`mq-fabric master yield`), optionally
+/// so that the slave `to` takes over. The master that is asked acts on it; slaves first in line
+/// that are not `to` defer (rejoin at the back of the line) while it is pending; the master that
+/// takes over removes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverRequest {
+    /// Unique id of this request.
+    pub id: String,
+    /// The container asked to step down (the master when the request was made).
+    pub from: String,
+    /// The container that should take over, if one was chosen.
+    pub to: Option<String>,
+    /// Milliseconds since the Unix epoch when it was requested.
+    pub requested: u64,
 }
 
 /// Splits a member node name `<container>-<seq>` into its container and sequence number.

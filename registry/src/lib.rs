@@ -21,6 +21,7 @@
 pub mod config;
 mod election;
 pub mod error;
+mod handover;
 pub mod layout;
 mod profiles;
 mod session;
@@ -31,7 +32,8 @@ pub use config::RegistryConfig;
 pub use election::{EpochClaim, Member, MemberInfo};
 pub use error::{ErrorKind, RegistryError};
 pub use layout::{
-    GroupPaths, Layout, MasterRecord, MemberRecord, MemberState, Profile, DEFAULT_ROOT,
+    GroupPaths, HandoverRequest, Layout, MasterRecord, MemberRecord, MemberState, Profile,
+    DEFAULT_ROOT,
 };
 pub use session::{Registry, SessionEvent};
 

@@ -68,6 +68,10 @@ wait "$jvm""#;
 /// to a log file printed on failure; killed (SIGKILL, by PID) and reaped on drop.
 pub struct ZkServer {
     dir: tempfile::TempDir,
+    /// Address the server binds (127.0.0.1 unless started in a network namespace).
+    host: std::net::Ipv4Addr,
+    /// Network namespace the server runs in (`ip netns exec`), if any.
+    netns: Option<String>,
     port: u16,
     pid: u32,
     wrapper: Option<Child>,
@@ -82,6 +86,8 @@ impl ZkServer {
         let dir = tempfile::Builder::new().prefix("fabricmq-zk-").tempdir()?;
         let mut server = ZkServer {
             dir,
+            host: std::net::Ipv4Addr::LOCALHOST,
+            netns: None,
             port: 0,
             pid: 0,
             wrapper: None,
@@ -109,14 +115,44 @@ impl ZkServer {
         Err(last.unwrap_or_else(|| io::Error::other("ZooKeeper failed to start")))
     }
 
-    /// The client port (on 127.0.0.1).
+    /// Starts a server inside the network namespace `netns` (created beforehand, e.g. by the
+    /// chaos runner with `ip netns add`), listening on `host:port` there. The readiness probe
+    /// and [`four_letter`](Self::four_letter) connect from a thread that joins the namespace.
+    pub fn start_in_netns(
+        netns: &str,
+        host: std::net::Ipv4Addr,
+        port: u16,
+    ) -> io::Result<ZkServer> {
+        check_installed()?;
+        let dir = tempfile::Builder::new().prefix("fabricmq-zk-").tempdir()?;
+        let mut server = ZkServer {
+            dir,
+            host,
+            netns: Some(netns.to_owned()),
+            port,
+            pid: 0,
+            wrapper: None,
+            stdin: None,
+            started_in: Duration::ZERO,
+        };
+        if let Err(e) = server.launch() {
+            server.kill();
+            return Err(io::Error::other(format!(
+                "ZooKeeper failed to start in netns {netns} on {host}:{port}: {e}\n--- log ---\n{}",
+                server.log()
+            )));
+        }
+        Ok(server)
+    }
+
+    /// The client port.
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// `"127.0.0.1:PORT"`.
+    /// `"HOST:PORT"` (`127.0.0.1:PORT` unless started in a network namespace).
     pub fn connect_string(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     /// A fresh chroot-ed connect string for one test: `"127.0.0.1:PORT/t<random>"` (creates the
@@ -223,7 +259,7 @@ impl ZkServer {
     /// Sends a ZooKeeper four-letter command (`srvr`, `wchp`, `cons`, ...) and returns the
     /// answer; `None` if the server does not answer.
     pub fn four_letter(&self, cmd: &str) -> Option<String> {
-        four_letter(self.port, cmd)
+        self.probe(cmd)
     }
 
     /// Runs ZooKeeper's own command-line client (`zkCli.sh`'s `ZooKeeperMain`) with `args`
@@ -280,7 +316,7 @@ impl ZkServer {
                 "tickTime=200\n\
                  dataDir={}\n\
                  clientPort={}\n\
-                 clientPortAddress=127.0.0.1\n\
+                 clientPortAddress={}\n\
                  minSessionTimeout=400\n\
                  maxSessionTimeout=60000\n\
                  maxClientCnxns=0\n\
@@ -289,7 +325,8 @@ impl ZkServer {
                  autopurge.purgeInterval=0\n\
                  forceSync=no\n",
                 data.display(),
-                self.port
+                self.port,
+                self.host
             ),
         )?;
         fs::write(
@@ -310,7 +347,15 @@ impl ZkServer {
     fn launch(&mut self) -> io::Result<()> {
         self.write_config()?;
         let started = Instant::now();
-        let mut child = Command::new("/bin/sh")
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "/bin/sh"]);
+                c
+            }
+            None => Command::new("/bin/sh"),
+        };
+        let mut child = command
             .arg("-c")
             .arg(WRAPPER)
             .arg("sh")
@@ -340,8 +385,8 @@ impl ZkServer {
                     self.dir.path().display()
                 )));
             }
-            if four_letter(self.port, "ruok").as_deref() == Some("imok")
-                && four_letter(self.port, "srvr").is_some_and(|s| s.contains("Mode:"))
+            if self.probe("ruok").as_deref() == Some("imok")
+                && self.probe("srvr").is_some_and(|s| s.contains("Mode:"))
             {
                 break;
             }
@@ -390,6 +435,8 @@ impl Drop for ZkServer {
 impl std::fmt::Debug for ZkServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ZkServer")
+            .field("host", &self.host)
+            .field("netns", &self.netns)
             .field("port", &self.port)
             .field("pid", &self.pid)
             .field("dir", &self.dir.path())
@@ -425,9 +472,36 @@ fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+impl ZkServer {
+    /// A four-letter command to this server, from inside its network namespace if it has one.
+    fn probe(&self, cmd: &str) -> Option<String> {
+        let addr = SocketAddr::from((self.host, self.port));
+        match &self.netns {
+            None => four_letter(addr, cmd),
+            Some(ns) => in_netns(ns, || four_letter(addr, cmd)).ok().flatten(),
+        }
+    }
+}
+
+/// Runs `f` on a thread that has joined the network namespace `netns` (`/var/run/netns/<netns>`,
+/// as made by `ip netns add`): sockets it opens live in that namespace. Needs CAP_SYS_ADMIN.
+pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    let path = Path::new("/var/run/netns").join(netns);
+    let file = fs::File::open(&path)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || -> io::Result<T> {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| io::Error::other(format!("setns {}: {e}", path.display())))?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| io::Error::other("netns thread panicked"))?
+    })
+}
+
 /// Sends a four-letter command; `None` if the server does not answer (yet).
-fn four_letter(port: u16, cmd: &str) -> Option<String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+fn four_letter(addr: SocketAddr, cmd: &str) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     stream.write_all(cmd.as_bytes()).ok()?;

@@ -6,7 +6,10 @@
 //!   test fails; a test fails if a broker panicked. Processes are killed and reaped on drop, by PID.
 //! - [`inproc`]: a broker served inside the test process (for dispatch semantics).
 //! - [`raw`]: a STOMP connection that shows exactly what the broker sends.
+//! - [`chaos`]: the chaos suite behind the `mq-chaos` binary (network namespaces, workload,
+//!   history, checker).
 
+pub mod chaos;
 pub mod inproc;
 pub mod process;
 pub mod raw;

@@ -17,11 +17,13 @@ pub fn binary(name: &str) -> PathBuf {
         return Path::new(&dir).join(name);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test>-<hash>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
+    // A test: target/<profile>/deps/<test>-<hash>; a binary (mq-chaos): target/<profile>/<name>.
+    let dir = exe.parent().expect("executable has a directory");
+    let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("deps has a parent")
+    } else {
+        dir
+    };
     let p = profile_dir.join(name);
     assert!(
         p.exists(),
@@ -47,6 +49,10 @@ pub struct BrokerOptions {
     pub fabric: Option<(String, String, String)>,
     /// Pass only `args` (no --listen/--data/--ready-file); `start` returns once the process runs.
     pub raw_args: bool,
+    /// Run inside this network namespace (`ip netns exec`; the PID stays the broker's own).
+    pub netns: Option<String>,
+    /// Fabric mode: the host published in the master record (default 127.0.0.1).
+    pub advertise_host: Option<String>,
 }
 
 /// A free loopback port (bound and released; fine for tests that must know a port in advance).
@@ -99,7 +105,15 @@ impl BrokerProcess {
             .clone()
             .unwrap_or_else(|| "stomp://127.0.0.1:0".into());
         let logf = std::fs::File::create(&log).context("log file")?;
-        let mut cmd = Command::new(binary("mq-broker"));
+        let mut cmd = match &opts.netns {
+            Some(ns) => {
+                // `ip netns exec` joins the namespace and then execs: the child's PID is the broker's.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary("mq-broker"));
+                c
+            }
+            None => Command::new(binary("mq-broker")),
+        };
         if !opts.raw_args {
             cmd.arg("--listen")
                 .arg(&listen)
@@ -115,7 +129,8 @@ impl BrokerProcess {
                 cmd.args(["--zk", zk, "--group", group, "--container", container])
                     .arg("--state-file")
                     .arg(&state)
-                    .args(["--advertise-host", "127.0.0.1"]);
+                    .arg("--advertise-host")
+                    .arg(opts.advertise_host.as_deref().unwrap_or("127.0.0.1"));
             }
         }
         cmd.args(&opts.args)
@@ -184,6 +199,18 @@ impl BrokerProcess {
         let pid = self.pid().context("process already reaped")?;
         kill(Pid::from_raw(pid as i32), sig).context("kill")?;
         Ok(())
+    }
+
+    /// If the process has exited (reaping it): `Some(exit code)`; `None` while it runs.
+    pub fn try_exit_code(&mut self) -> Option<Option<i32>> {
+        let c = self.child.as_mut()?;
+        match c.try_wait() {
+            Ok(Some(status)) => {
+                self.child = None;
+                Some(status.code())
+            }
+            _ => None,
+        }
     }
 
     /// SIGKILL and reap.

@@ -244,6 +244,8 @@ use tokio::sync::oneshot;
 
 mod fence;
 mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 mod recovery;
 mod state;
 mod writer;
@@ -1510,6 +1512,13 @@ impl Journal {
     /// down. Always `false` for epoch 0.
     pub fn is_fenced(&self) -> bool {
         self.inner.shared.fenced.load(Ordering::Acquire)
+    }
+
+    /// Whether a write or fsync failed: the journal then refuses every append (what reached the
+    /// disk is unknown until the files are read again, so the owner should close it and open
+    /// the store afresh, e.g. a fabric master steps down).
+    pub fn has_failed(&self) -> bool {
+        self.inner.shared.stats.failed.load(Ordering::Relaxed)
     }
 
     /// The epoch the journal was opened with ([`JournalConfig::epoch`]; 0 =

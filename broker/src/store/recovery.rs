@@ -81,10 +81,33 @@ enum Item {
     },
 }
 
+/// Positioned reads from a segment's bytes: a file, or a byte slice (the
+/// fuzzing entry point, [`scan_bytes`]).
+pub(super) trait SegmentSource {
+    /// Reads into `buf` from offset `off`; `Ok(0)` at the end.
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize>;
+}
+
+impl SegmentSource for File {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        FileExt::read_at(self, buf, off)
+    }
+}
+
+impl SegmentSource for [u8] {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        let start = usize::try_from(off).unwrap_or(usize::MAX).min(self.len());
+        let src = self.get(start..).unwrap_or_default();
+        let n = src.len().min(buf.len());
+        buf[..n].copy_from_slice(&src[..n]);
+        Ok(n)
+    }
+}
+
 /// Sequential reader over one segment with a large buffer: one `pread` per
 /// buffer fill, never per record.
-struct Scanner<'a> {
-    file: &'a File,
+struct Scanner<'a, S: SegmentSource + ?Sized> {
+    file: &'a S,
     path: &'a Path,
     file_len: u64,
     buf: &'a mut Vec<u8>,
@@ -94,8 +117,8 @@ struct Scanner<'a> {
     base: u64,
 }
 
-impl<'a> Scanner<'a> {
-    fn new(file: &'a File, path: &'a Path, file_len: u64, buf: &'a mut Vec<u8>) -> Self {
+impl<'a, S: SegmentSource + ?Sized> Scanner<'a, S> {
+    fn new(file: &'a S, path: &'a Path, file_len: u64, buf: &'a mut Vec<u8>) -> Self {
         Scanner {
             file,
             path,
@@ -167,15 +190,24 @@ impl<'a> Scanner<'a> {
         if off >= self.file_len {
             return Ok(Item::End);
         }
+        // Read (up to) the frame before judging the length: a file that
+        // shrank to end exactly here ends cleanly whether or not an earlier
+        // read already saw it shrink (found by fuzzing: with a large buffer
+        // the shrink was seen and the scan ended cleanly, with a small one
+        // it was reported as a torn record).
+        let want = (self.file_len - off).min(FRAME_LEN as u64) as usize;
+        if !self.ensure(want)? {
+            if off >= self.file_len {
+                return Ok(Item::End);
+            }
+            return Ok(self.shrunk(off));
+        }
         let remaining = self.file_len - off;
         if remaining < FRAME_LEN as u64 {
             return Ok(Item::Bad {
                 off,
                 reason: format!("{remaining} bytes left, too short for a record frame"),
             });
-        }
-        if !self.ensure(FRAME_LEN)? {
-            return Ok(self.shrunk(off));
         }
         let mut frame = [0u8; FRAME_LEN];
         frame.copy_from_slice(&self.buf[self.start..self.start + FRAME_LEN]);
@@ -257,6 +289,9 @@ struct Ctx<'c> {
     loaded: u64,
     report: RecoveryReport,
     ops: Vec<DecodedOp>,
+    /// Tombstones before the message list is compacted ([`COMPACT_MIN_DEAD`];
+    /// lower in [`scan_bytes`] so that fuzzing reaches the compaction).
+    compact_min_dead: usize,
 }
 
 /// Raises the recorded sequence number of `producer` to at least `seq`.
@@ -334,7 +369,7 @@ impl Ctx<'_> {
             }
         }
         self.ops = ops;
-        if self.dead >= COMPACT_MIN_DEAD && self.dead * 2 >= self.msgs.len() {
+        if self.dead >= self.compact_min_dead && self.dead * 2 >= self.msgs.len() {
             self.compact();
         }
         Ok(())
@@ -354,11 +389,11 @@ impl Ctx<'_> {
     }
 
     /// Scans one segment, applying its valid records.
-    fn scan(
+    fn scan<S: SegmentSource + ?Sized>(
         &mut self,
         seq: u64,
         path: &Path,
-        file: &File,
+        file: &S,
         file_len: u64,
         is_last: bool,
         buf: &mut Vec<u8>,
@@ -511,6 +546,7 @@ pub(super) fn recover(
         loaded: 0,
         report: RecoveryReport::default(),
         ops: Vec::new(),
+        compact_min_dead: COMPACT_MIN_DEAD,
     };
     for (path, reason) in &plan.stale {
         let aside = fence::set_aside(path)?;
@@ -691,5 +727,162 @@ pub(super) fn recover(
         state: ctx.state,
         last,
         ends,
+    })
+}
+
+/// Runs [`Ctx::scan`] over `bytes` as segment `opts.seq` (the fuzzing entry
+/// point, [`super::fuzzing::scan_segment`]) and checks the invariants of
+/// what it recovered.
+pub(super) fn scan_bytes(
+    bytes: &[u8],
+    opts: &super::fuzzing::ScanOptions,
+) -> Result<super::fuzzing::ScanSummary, StoreError> {
+    use super::fuzzing::{LiveMessage, ScanSummary};
+
+    let path = Path::new("<memory>");
+    let mut config = JournalConfig::new(path);
+    config.body_cache_bytes = opts.body_cache_bytes;
+    let mut ctx = Ctx {
+        config: &config,
+        state: State::default(),
+        msgs: Vec::new(),
+        dead: 0,
+        producers: HashMap::new(),
+        next_id: 1,
+        loaded: 0,
+        report: RecoveryReport::default(),
+        ops: Vec::new(),
+        compact_min_dead: opts.compact_min_dead,
+    };
+    let seq = opts.seq;
+    ctx.state
+        .segments
+        .insert(seq, SegmentInfo::new(path.to_path_buf()));
+    let file_len = opts.claimed_len.unwrap_or(bytes.len() as u64);
+    let mut buf = vec![0u8; opts.buf_len.max(1)];
+    let scan = ctx.scan(seq, path, bytes, file_len, opts.is_last, &mut buf)?;
+
+    let mut v = Vec::new();
+    let avail = file_len.min(bytes.len() as u64);
+    if !(scan.header_end <= scan.data_end && scan.data_end <= avail) {
+        v.push(format!(
+            "header_end {} / data_end {} / length {avail} out of order",
+            scan.header_end, scan.data_end
+        ));
+    }
+    if scan.header.is_none() && (scan.data_end, scan.header_end) != (0, 0) {
+        v.push(format!("data_end {} without a header", scan.data_end));
+    }
+    match &scan.bad {
+        Some((off, _)) if *off != scan.data_end => {
+            v.push(format!(
+                "bad record at {off} but data ends at {}",
+                scan.data_end
+            ));
+        }
+        Some(_) => {}
+        // A file that shrinks at a record boundary (sealed by an older
+        // writer) ends cleanly where it ends.
+        None if !opts.is_last && scan.data_end != avail => {
+            v.push(format!("clean scan ended at {} of {avail}", scan.data_end));
+        }
+        None => {
+            let tail = usize::try_from(scan.data_end)
+                .ok()
+                .and_then(|from| bytes.get(from..usize::try_from(avail).ok()?));
+            if !tail.is_some_and(|t| t.iter().all(|&b| b == 0)) {
+                v.push(format!("non-zero tail after {} accepted", scan.data_end));
+            }
+        }
+    }
+    let live = ctx.msgs.iter().filter(|m| m.is_some()).count();
+    if live != ctx.state.index.len() || ctx.msgs.len() - live != ctx.dead {
+        v.push(format!(
+            "{live} live messages, {} indexed, {} dead counted of {}",
+            ctx.state.index.len(),
+            ctx.dead,
+            ctx.msgs.len()
+        ));
+    }
+    let seg_live = ctx.state.segments.get(&seq).map(|s| s.live);
+    if seg_live != Some(ctx.state.index.len() as u64) {
+        v.push(format!(
+            "segment live count {seg_live:?}, {} indexed",
+            ctx.state.index.len()
+        ));
+    }
+    for (&id, loc) in &ctx.state.index {
+        let msg = ctx.msgs.get(loc.slot as usize).and_then(Option::as_ref);
+        let Some(msg) = msg.filter(|m| m.id == id) else {
+            v.push(format!("index entry {id} points at slot {}", loc.slot));
+            continue;
+        };
+        let rec_end = loc.rec_off + u64::from(loc.rec_len);
+        let body_rel = u64::from(loc.body_rel);
+        if loc.seg != seq
+            || rec_end > scan.data_end
+            || loc.rec_off < scan.header_end
+            || body_rel < FRAME_LEN as u64
+            || body_rel + u64::from(loc.body_len) > u64::from(loc.rec_len)
+            || loc.body_len != msg.body_len
+        {
+            v.push(format!("message {id}: bad location {loc:?}"));
+            continue;
+        }
+        if let Some(body) = &msg.body {
+            let at = (loc.rec_off + body_rel) as usize;
+            if bytes.get(at..at + loc.body_len as usize) != Some(&body[..]) {
+                v.push(format!("message {id}: loaded body differs from the record"));
+            }
+        }
+        if ctx.next_id < id.saturating_add(1) {
+            v.push(format!("next_id {} not above live id {id}", ctx.next_id));
+        }
+        if let Some(p) = &msg.producer {
+            if ctx.producers.get(&p.producer).is_none_or(|&s| s < p.seq) {
+                v.push(format!("producer {:?} below seq {}", p.producer, p.seq));
+            }
+        }
+    }
+    let loaded: u64 = ctx
+        .msgs
+        .iter()
+        .flatten()
+        .filter_map(|m| m.body.as_ref().map(|b| b.len() as u64))
+        .sum();
+    if loaded != ctx.loaded || loaded > opts.body_cache_bytes {
+        v.push(format!(
+            "{loaded} body bytes loaded, {} counted, cache {}",
+            ctx.loaded, opts.body_cache_bytes
+        ));
+    }
+    if let Some(h) = &scan.header {
+        if h.seq != seq || ctx.next_id < h.next_id {
+            v.push(format!("header {h:?} accepted for segment {seq}"));
+        }
+    }
+    let mut producers: Vec<(String, u64)> = ctx.producers.into_iter().collect();
+    producers.sort();
+    Ok(ScanSummary {
+        header: scan.header.map(|h| (h.seq, h.epoch, h.next_id)),
+        header_end: scan.header_end,
+        data_end: scan.data_end,
+        bad: scan.bad,
+        records: ctx.report.records,
+        bytes_scanned: ctx.report.bytes_scanned,
+        messages: ctx
+            .msgs
+            .into_iter()
+            .flatten()
+            .map(|m| LiveMessage {
+                id: m.id,
+                destination: m.destination,
+                body_len: m.body_len,
+                body_loaded: m.body.is_some(),
+            })
+            .collect(),
+        next_id: ctx.next_id,
+        producers,
+        violations: v,
     })
 }

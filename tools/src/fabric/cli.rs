@@ -24,6 +24,7 @@ Examples:
   mq-fabric profile create tolerantbroker --group default --containers 2 \\
       --listen stomp://0.0.0.0:61613 --data /srv/fabricmq/default
   mq-fabric profile edit tolerantbroker --containers 3
+  mq-fabric master yield default --to broker2   # controlled hand-over (rolling upgrades)
 
 Exit status: 0 success; 1 error (ZooKeeper unreachable or too slow, missing profile, ...);
 2 bad flags or values; 3 `status`: some listed group has no master.
@@ -108,6 +109,28 @@ pub enum Command {
     /// Broker profiles: what the containers of a group run.
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// The master of a group.
+    #[command(subcommand)]
+    Master(MasterCommand),
+}
+
+/// `mq-fabric master ...`.
+#[derive(Debug, Subcommand)]
+pub enum MasterCommand {
+    /// Controlled hand-over: the master drains (in-flight receipts are sent, clients move) and
+    /// steps down, and a slave (the one given with --to, else the next in line) takes over.
+    /// Waits until the new master serves.
+    Yield {
+        /// The group.
+        #[arg(value_parser = parse_group_name)]
+        group: String,
+        /// The slave container that should take over.
+        #[arg(long, value_name = "CONTAINER")]
+        to: Option<String>,
+        /// How long to wait for the new master.
+        #[arg(long = "wait", value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
+        wait: Duration,
+    },
 }
 
 /// `mq-fabric container ...`.

@@ -9,12 +9,13 @@ use std::future::Future;
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use fabricmq_registry::{Profile, Registry, RegistryConfig, RegistryError};
 use serde::Serialize;
 
 use super::cli::{
-    validate_profile, Command, ContainerCommand, CreateArgs, EditArgs, ProfileCommand,
+    validate_profile, Command, ContainerCommand, CreateArgs, EditArgs, MasterCommand,
+    ProfileCommand,
 };
 use super::render;
 use super::view::{self, ClusterView, ContainerList, ContainerView, StatusView};
@@ -123,6 +124,9 @@ impl Fabric {
             Command::ClusterList { group } => self.cluster_list(group.as_deref(), json).await,
             Command::Container(ContainerCommand::List) => self.container_list(json).await,
             Command::Status { group } => self.status(group.as_deref(), json).await,
+            Command::Master(MasterCommand::Yield { group, to, wait }) => {
+                self.master_yield(group, to.as_deref(), *wait, json).await
+            }
             Command::Profile(p) => match p {
                 ProfileCommand::Create(args) => self.profile_create(args, json).await,
                 ProfileCommand::List => self.profile_list(json).await,
@@ -202,6 +206,102 @@ impl Fabric {
             print_json(&clusters)?;
         } else {
             print_text(&render::cluster_table(&clusters))?;
+        }
+        Ok(Exit::Success)
+    }
+
+    /// `master yield`: writes the hand-over request, waits for a master other than the current
+    /// one (the chosen container, if any), removes the request. On timeout the request is
+    /// withdrawn and the command fails.
+    async fn master_yield(
+        &self,
+        group: &str,
+        to: Option<&str>,
+        wait: Duration,
+        json: bool,
+    ) -> anyhow::Result<Exit> {
+        let doing = format!("reading the master of group {group}");
+        let Some(old) = self
+            .call("master", self.registry.master(group))
+            .await
+            .map_err(|e| self.explain(e, &doing))?
+        else {
+            eprintln!("mq-fabric: group {group} has no master to hand over from");
+            return Ok(Exit::NoMaster);
+        };
+        if let Some(to) = to {
+            if to == old.container {
+                bail!("{to} is already the master of group {group}");
+            }
+            let members = self.members(group).await?;
+            if !members.iter().any(|m| m.record.container == to) {
+                let slaves: Vec<&str> = members
+                    .iter()
+                    .map(|m| m.record.container.as_str())
+                    .filter(|c| *c != old.container)
+                    .collect();
+                bail!(
+                    "{to} is not a live member of group {group} (slaves: {})",
+                    if slaves.is_empty() {
+                        "none".to_string()
+                    } else {
+                        slaves.join(", ")
+                    }
+                );
+            }
+        } else if self.members(group).await?.len() < 2 {
+            bail!("group {group} has no slave to hand over to");
+        }
+        let request = fabricmq_registry::HandoverRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+            from: old.container.clone(),
+            to: to.map(str::to_owned),
+            requested: view::now_ms(),
+        };
+        self.call("handover", self.registry.request_handover(group, &request))
+            .await
+            .map_err(|e| self.explain(e, "writing the hand-over request"))?;
+        let started = std::time::Instant::now();
+        let deadline = started + wait;
+        let new = loop {
+            let current = self.call("master", self.registry.master(group)).await;
+            if let Ok(Some(m)) = current {
+                if m.container != old.container && to.is_none_or(|t| t == m.container) {
+                    break Some(m);
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let _ = self
+            .call("handover", self.registry.clear_handover(group, &request.id))
+            .await;
+        let Some(new) = new else {
+            bail!(
+                "no new master in group {group} within {} (request withdrawn; {} may still be draining)",
+                humantime::format_duration(wait),
+                old.container
+            );
+        };
+        let took = started.elapsed();
+        if json {
+            print_json(&serde_json::json!({
+                "group": group,
+                "from": {"container": old.container, "epoch": old.epoch},
+                "to": {"container": new.container, "epoch": new.epoch, "services": new.services},
+                "took_ms": took.as_millis() as u64,
+            }))?;
+        } else {
+            print_text(&format!(
+                "group {group}: master {} (epoch {}) handed over to {} (epoch {}) in {} ms\n",
+                old.container,
+                old.epoch,
+                new.container,
+                new.epoch,
+                took.as_millis()
+            ))?;
         }
         Ok(Exit::Success)
     }
