@@ -53,6 +53,11 @@ struct Cli {
     /// Root of fabricmq's nodes in ZooKeeper.
     #[arg(long, default_value = "/fabric", value_name = "PATH")]
     zk_root: String,
+    /// File holding the registry's digest credentials `user:password` (else FABRIC_ZK_AUTH_FILE
+    /// or FABRIC_ZK_AUTH); with them every node this container creates is writable by that
+    /// identity only and readable by anyone.
+    #[arg(long, value_name = "FILE")]
+    zk_auth_file: Option<std::path::PathBuf>,
     /// ZooKeeper session timeout (e.g. "4s"); a master steps down after a third of it without
     /// ZooKeeper.
     #[arg(long, default_value = "4s", value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -136,6 +141,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("--zk {zk:?}"))?;
             registry.root = cli.zk_root.clone();
             registry.session_timeout = cli.session_timeout;
+            registry.credentials =
+                fabricmq_registry::ZkCredentials::from_env_or_file(cli.zk_auth_file.as_deref())
+                    .context("registry credentials")?;
             let container = cli
                 .container
                 .clone()

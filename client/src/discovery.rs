@@ -103,6 +103,14 @@ impl Discovery {
             value: zk.to_owned(),
             reason: e.to_string(),
         })?;
+        // Reading needs no credentials on a secured fabric; given ones are used all the same.
+        let credentials =
+            fabricmq_registry::ZkCredentials::from_env_or_file(None).map_err(|e| {
+                ClientError::Discovery {
+                    message: e.to_string(),
+                }
+            })?;
+        let config = config.with_credentials(credentials);
         let config = match zk_root {
             Some(root) => {
                 validate_zk_root(root).map_err(|reason| UrlError::BadOptionValue {

@@ -31,6 +31,87 @@ pub struct RegistryConfig {
     /// Every ZooKeeper call is bounded by this (default 2 s) and fails with
     /// [`RegistryError::Timeout`] after it.
     pub op_timeout: Duration,
+    /// Digest credentials. With them the session authenticates, and every node it creates gets
+    /// the ACL "the authenticated creator's identity: all; anyone: read" (brokers and `mq-fabric`
+    /// write, discovery clients read). Never taken from a command-line argument: see
+    /// [`ZkCredentials::from_env_or_file`].
+    pub credentials: Option<ZkCredentials>,
+}
+
+/// ZooKeeper digest credentials (`user:password`). `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ZkCredentials {
+    /// The digest user.
+    pub user: String,
+    /// The password.
+    pub password: String,
+}
+
+impl fmt::Debug for ZkCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZkCredentials")
+            .field("user", &self.user)
+            .field("password", &"<hidden>")
+            .finish()
+    }
+}
+
+/// Environment variable holding `user:password` for the registry.
+pub const AUTH_ENV: &str = "FABRIC_ZK_AUTH";
+/// Environment variable naming a file that holds `user:password` for the registry.
+pub const AUTH_FILE_ENV: &str = "FABRIC_ZK_AUTH_FILE";
+
+impl ZkCredentials {
+    /// Parses `user:password` (surrounding whitespace and a trailing newline are ignored).
+    pub fn parse(text: &str) -> Result<ZkCredentials, RegistryError> {
+        let text = text.trim();
+        let fail = |reason: &str| RegistryError::Config {
+            input: "ZooKeeper credentials".into(),
+            reason: reason.into(),
+        };
+        let (user, password) = text
+            .split_once(':')
+            .ok_or_else(|| fail("expected user:password"))?;
+        if user.is_empty() || password.is_empty() {
+            return Err(fail("user and password must not be empty (user:password)"));
+        }
+        Ok(ZkCredentials {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        })
+    }
+
+    /// Reads `user:password` from `path` (the file should be readable by its owner only).
+    pub fn from_file(path: &std::path::Path) -> Result<ZkCredentials, RegistryError> {
+        let text = std::fs::read_to_string(path).map_err(|e| RegistryError::Config {
+            input: path.display().to_string(),
+            reason: format!("cannot read the ZooKeeper credentials file: {e}"),
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            RegistryError::Config { reason, .. } => RegistryError::Config {
+                input: path.display().to_string(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Credentials from `file` if given, else from the file named by `FABRIC_ZK_AUTH_FILE`,
+    /// else from `FABRIC_ZK_AUTH`; `None` when none is set.
+    pub fn from_env_or_file(
+        file: Option<&std::path::Path>,
+    ) -> Result<Option<ZkCredentials>, RegistryError> {
+        if let Some(f) = file {
+            return Self::from_file(f).map(Some);
+        }
+        if let Some(f) = std::env::var_os(AUTH_FILE_ENV) {
+            return Self::from_file(std::path::Path::new(&f)).map(Some);
+        }
+        match std::env::var(AUTH_ENV) {
+            Ok(v) => Self::parse(&v).map(Some),
+            Err(_) => Ok(None),
+        }
+    }
 }
 
 impl RegistryConfig {
@@ -40,6 +121,12 @@ impl RegistryConfig {
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// Default operation timeout.
     pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// These settings with `credentials`.
+    pub fn with_credentials(mut self, credentials: Option<ZkCredentials>) -> Self {
+        self.credentials = credentials;
+        self
+    }
 
     /// Parses `"host:port[,host:port...][/chroot]"`; the other settings get their defaults.
     /// Errors ([`RegistryError::Config`]) name the bad part.
@@ -91,6 +178,7 @@ impl RegistryConfig {
             session_timeout: Self::DEFAULT_SESSION_TIMEOUT,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             op_timeout: Self::DEFAULT_OP_TIMEOUT,
+            credentials: None,
         }
     }
 

@@ -386,7 +386,7 @@ impl Registry {
             .add_check_version(&epoch_path, claim.version)
             .map_err(|e| RegistryError::from_zk("check", &epoch_path, e))?;
         writer
-            .add_create(&master_path, &data, &EPHEMERAL)
+            .add_create(&master_path, &data, &self.create_options(EPHEMERAL))
             .map_err(|e| RegistryError::from_zk("create", &master_path, e))?;
         // Results are not used: a create inside a multi returns an invalid stat on 3.8.0.
         let after = self.inner.config.op_timeout;

@@ -75,6 +75,15 @@ pub enum RegistryError {
         /// What is wrong.
         reason: String,
     },
+    /// ZooKeeper refused the operation: the node's ACL does not allow this session (missing or
+    /// wrong credentials).
+    #[error("ZooKeeper refused {op} on {path}: not authorized (set the fabric's registry credentials: FABRIC_ZK_AUTH_FILE or FABRIC_ZK_AUTH)")]
+    NoAuth {
+        /// The operation.
+        op: &'static str,
+        /// The node path.
+        path: String,
+    },
     /// Any other ZooKeeper failure.
     #[error("ZooKeeper {op} on {path} failed: {message}")]
     Other {
@@ -108,6 +117,8 @@ pub enum ErrorKind {
     BadVersion,
     /// [`RegistryError::Invalid`].
     Invalid,
+    /// [`RegistryError::NoAuth`].
+    NoAuth,
     /// [`RegistryError::Other`].
     Other,
 }
@@ -125,6 +136,7 @@ impl RegistryError {
             RegistryError::NodeExists { .. } => ErrorKind::NodeExists,
             RegistryError::BadVersion { .. } => ErrorKind::BadVersion,
             RegistryError::Invalid { .. } => ErrorKind::Invalid,
+            RegistryError::NoAuth { .. } => ErrorKind::NoAuth,
             RegistryError::Other { .. } => ErrorKind::Other,
         }
     }
@@ -145,6 +157,7 @@ impl RegistryError {
             zk::Error::NoNode => RegistryError::NoNode { path },
             zk::Error::NodeExists => RegistryError::NodeExists { path },
             zk::Error::BadVersion => RegistryError::BadVersion { path },
+            zk::Error::NoAuth | zk::Error::AuthFailed => RegistryError::NoAuth { op, path },
             zk::Error::SessionExpired | zk::Error::SessionMoved | zk::Error::ClientClosed => {
                 RegistryError::SessionExpired
             }
@@ -176,7 +189,7 @@ mod tests {
         assert_eq!(k(zk::Error::SessionExpired), ErrorKind::SessionExpired);
         assert_eq!(k(zk::Error::ClientClosed), ErrorKind::SessionExpired);
         assert_eq!(k(zk::Error::ConnectionLoss), ErrorKind::ConnectionLoss);
-        assert_eq!(k(zk::Error::NoAuth), ErrorKind::Other);
+        assert_eq!(k(zk::Error::NoAuth), ErrorKind::NoAuth);
     }
 
     #[test]
@@ -187,6 +200,6 @@ mod tests {
             "ZooKeeper node /fabric/profiles/p does not exist"
         );
         let e = RegistryError::from_zk("set", "/x", zk::Error::NoAuth);
-        assert!(e.to_string().contains("set on /x failed"), "{e}");
+        assert!(e.to_string().contains("refused set on /x"), "{e}");
     }
 }

@@ -28,7 +28,7 @@ mod session;
 #[cfg(feature = "test-server")]
 pub mod testing;
 
-pub use config::RegistryConfig;
+pub use config::{RegistryConfig, ZkCredentials};
 pub use election::{EpochClaim, Member, MemberInfo};
 pub use error::{ErrorKind, RegistryError};
 pub use layout::{

@@ -19,15 +19,40 @@ use crate::config::RegistryConfig;
 use crate::error::RegistryError;
 use crate::layout::Layout;
 
-/// Persistent nodes, open ACL.
-pub(crate) const PERSISTENT: zk::CreateOptions<'static> =
-    zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-/// Ephemeral nodes, open ACL.
-pub(crate) const EPHEMERAL: zk::CreateOptions<'static> =
-    zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
-/// Ephemeral sequential nodes, open ACL.
-pub(crate) const EPHEMERAL_SEQUENTIAL: zk::CreateOptions<'static> =
-    zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
+/// The ACL of nodes created by an authenticated session: its own identity may do anything,
+/// anyone may read (brokers and `mq-fabric` write, discovery clients only read).
+static SECURED_ACL: [zk::Acl; 2] = [
+    zk::Acl::new_const(zk::Permission::ALL, "auth", ""),
+    zk::Acl::new_const(zk::Permission::READ, "world", "anyone"),
+];
+
+/// How nodes are created: persistent, ephemeral or ephemeral sequential, with the open ACL for
+/// a session without credentials and [`SECURED_ACL`] for one with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum NodeKind {
+    Persistent,
+    Ephemeral,
+    EphemeralSequential,
+}
+
+pub(crate) use NodeKind::{
+    Ephemeral as EPHEMERAL, EphemeralSequential as EPHEMERAL_SEQUENTIAL, Persistent as PERSISTENT,
+};
+
+impl NodeKind {
+    fn options(self, secured: bool) -> zk::CreateOptions<'static> {
+        let mode = match self {
+            NodeKind::Persistent => zk::CreateMode::Persistent,
+            NodeKind::Ephemeral => zk::CreateMode::Ephemeral,
+            NodeKind::EphemeralSequential => zk::CreateMode::EphemeralSequential,
+        };
+        if secured {
+            mode.with_acls(zk::Acls::new(&SECURED_ACL))
+        } else {
+            mode.with_acls(zk::Acls::anyone_all())
+        }
+    }
+}
 
 /// Session state changes, as seen by this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,9 +137,14 @@ impl Registry {
         }
         let servers = config.servers_string();
         let started = Instant::now();
-        let connecting = zk::Client::connector()
-            .with_session_timeout(config.session_timeout)
-            .connect(&servers);
+        let mut connector = zk::Client::connector();
+        connector = connector.with_session_timeout(config.session_timeout);
+        if let Some(c) = &config.credentials {
+            connector =
+                connector.with_auth("digest", format!("{}:{}", c.user, c.password).as_bytes());
+        }
+        let secured = config.credentials.is_some();
+        let connecting = connector.connect(&servers);
         let client = match tokio::time::timeout(config.connect_timeout, connecting).await {
             Ok(Ok(client)) => client,
             Err(_elapsed) => {
@@ -142,8 +172,8 @@ impl Registry {
         let client = match &config.chroot {
             None => client,
             Some(chroot) => {
-                match tokio::time::timeout(config.op_timeout, client.mkdir(chroot, &PERSISTENT))
-                    .await
+                let options = PERSISTENT.options(secured);
+                match tokio::time::timeout(config.op_timeout, client.mkdir(chroot, &options)).await
                 {
                     Ok(Ok(())) => {}
                     // Not fatal: without the right to create it, operations report the problem.
@@ -281,6 +311,12 @@ impl Registry {
         }
     }
 
+    /// Create options for `kind` with this session's ACL (open, or [`SECURED_ACL`] when it has
+    /// credentials).
+    pub(crate) fn create_options(&self, kind: NodeKind) -> zk::CreateOptions<'static> {
+        kind.options(self.inner.config.credentials.is_some())
+    }
+
     /// Reads a node: `None` if it does not exist.
     pub(crate) async fn get(
         &self,
@@ -308,7 +344,8 @@ impl Registry {
     /// races with other creators are fine).
     pub(crate) async fn ensure_path(&self, path: &str) -> Result<(), RegistryError> {
         let client = self.client()?;
-        self.timed("create", path, client.mkdir(path, &PERSISTENT))
+        let options = self.create_options(PERSISTENT);
+        self.timed("create", path, client.mkdir(path, &options))
             .await
     }
 
@@ -318,9 +355,11 @@ impl Registry {
         &self,
         path: &str,
         data: &[u8],
-        options: &zk::CreateOptions<'_>,
+        kind: &NodeKind,
     ) -> Result<(zk::Stat, zk::CreateSequence), RegistryError> {
         let client = self.client()?;
+        let options = self.create_options(*kind);
+        let options = &options;
         match self
             .timed("create", path, client.create(path, data, options))
             .await

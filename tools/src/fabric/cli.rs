@@ -76,6 +76,16 @@ pub struct Cli {
     )]
     pub timeout: Duration,
 
+    /// File holding the registry's digest credentials `user:password` (else FABRIC_ZK_AUTH_FILE
+    /// or FABRIC_ZK_AUTH): needed to change a secured fabric; reading needs none.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
+    pub zk_auth_file: Option<std::path::PathBuf>,
+
     /// Print one JSON value (one line) on stdout instead of tables and text.
     #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,

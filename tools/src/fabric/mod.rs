@@ -49,7 +49,10 @@ impl Exit {
 /// Connects to ZooKeeper (bounded by `--timeout`), runs the subcommand, prints its output and
 /// closes the session. An `Err` is a one-line message for stderr (exit status 1).
 pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
-    let fabric = Fabric::connect(&cli.zk, &cli.zk_root, cli.timeout).await?;
+    let credentials =
+        fabricmq_registry::ZkCredentials::from_env_or_file(cli.zk_auth_file.as_deref())?;
+    let zk = cli.zk.clone().with_credentials(credentials);
+    let fabric = Fabric::connect(&zk, &cli.zk_root, cli.timeout).await?;
     let result = fabric.execute(&cli.command, cli.json).await;
     fabric.close().await;
     result
