@@ -211,6 +211,21 @@ impl Broker {
             .clone()
     }
 
+    /// Whether the queue or topic named `name` (`/queue/x`, `/topic/x`) exists already.
+    pub fn destination_exists(&self, name: &str) -> bool {
+        if name.starts_with("/topic/") {
+            self.topics
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(name)
+        } else {
+            self.queues
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(name)
+        }
+    }
+
     /// The topic named `name` (`/topic/x`), created on first use.
     pub fn topic(&self, name: &str) -> Arc<Topic> {
         if let Some(t) = self

@@ -422,8 +422,14 @@ pub struct BrokerConfig {
     pub auth: AuthSettings,
     /// Destination policies.
     pub destinations: Destinations,
+    /// Who may read, write and create which destinations (`[[authorization]]`; none: everyone
+    /// authenticated may do everything). See [`crate::authz`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub authorization: Vec<crate::authz::AuthorizationEntry>,
     #[serde(skip)]
     listeners: Vec<ListenUrl>,
+    #[serde(skip)]
+    authz: crate::authz::Authorization,
 }
 
 impl Default for BrokerConfig {
@@ -435,7 +441,9 @@ impl Default for BrokerConfig {
             journal: JournalSettings::default(),
             auth: AuthSettings::default(),
             destinations: Destinations::default(),
+            authorization: Vec::new(),
             listeners: Vec::new(),
+            authz: crate::authz::Authorization::default(),
         }
     }
 }
@@ -504,7 +512,14 @@ impl BrokerConfig {
         if self.journal.segment_bytes.0 < (1 << 20) {
             return Err(invalid("journal.segment_bytes", "must be at least 1MiB"));
         }
+        self.authz = crate::authz::Authorization::compile(&self.authorization)
+            .map_err(|e| invalid(format!("authorization[{}].{}", e.index, e.field), e.reason))?;
         self.destinations.compile()
+    }
+
+    /// The compiled `[[authorization]]` entries (valid after [`BrokerConfig::validate`]).
+    pub fn authorization(&self) -> &crate::authz::Authorization {
+        &self.authz
     }
 
     /// Listener URLs, parsed (valid after [`BrokerConfig::validate`]).

@@ -30,6 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+
+use crate::authz::Right;
 use fabricmq_stomp::{
     encode, encode_heartbeat, negotiate_heart_beat, negotiate_version, parse_heart_beat, Command,
     DecodeError, Decoder, Frame, FrameLimits, FrameWriter, Item, Version,
@@ -781,6 +783,9 @@ impl Conn {
     async fn on_send(&mut self, f: Frame) -> Result<(), ConnError> {
         let receipt = f.get("receipt").map(str::to_string);
         let tx = f.get("transaction").map(str::to_string);
+        if let Some(destination) = f.get("destination") {
+            self.authorize(Right::Write, destination, &f)?;
+        }
         let send = self.parse_send(f)?;
         if let Some(tx) = tx {
             let Some(t) = self.txs.get_mut(&tx) else {
@@ -998,9 +1003,30 @@ impl Conn {
         Ok(())
     }
 
+    /// Checks the `[[authorization]]` rights of this connection's user: `right` on
+    /// `destination`, and `admin` too when the destination does not exist yet.
+    fn authorize(&self, right: Right, destination: &str, f: &Frame) -> Result<(), ConnError> {
+        let authz = self.broker.config.authorization();
+        if !authz.is_enabled() {
+            return Ok(());
+        }
+        let Some(who) = &self.principal else {
+            return Ok(());
+        };
+        let mut result = authz.check(who, right, destination);
+        if result.is_ok() && !self.broker.destination_exists(destination) {
+            result = authz.check(who, Right::Admin, destination);
+        }
+        result.map_err(|denied| {
+            warn!(user = %denied.user, right = denied.right.as_str(), destination, "not authorized");
+            ConnError::new("not authorized", denied.to_string()).with_receipt(f)
+        })
+    }
+
     fn on_subscribe(&mut self, f: Frame) -> Result<(), ConnError> {
         let destination = required(&f, "destination")?.to_string();
         let is_queue = check_destination(&destination).map_err(|e| e.with_receipt(&f))?;
+        self.authorize(Right::Read, &destination, &f)?;
         let id = match f.get("id") {
             Some(id) => id.to_string(),
             None if self.version == Version::V1_0 => destination.clone(),

@@ -15,6 +15,7 @@
 //! - [`store`]: the segmented, CRC-checked, group-committed journal.
 
 pub mod auth;
+pub mod authz;
 pub mod broker;
 pub mod config;
 pub mod connection;
