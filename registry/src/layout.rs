@@ -188,8 +188,10 @@ pub struct MemberRecord {
     pub store_locked: bool,
 }
 
-/// A broker profile: how the containers of one master/slave group are configured.
+/// A broker profile: how the containers of one master/slave group are configured. Unknown keys
+/// are refused (a typo would otherwise be ignored by every container).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Profile {
     /// Profile name (also the node name under `<root>/profiles`).
     pub name: String,

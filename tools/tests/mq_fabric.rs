@@ -187,6 +187,45 @@ fn profile_create_list_show_edit_delete() {
         "mq-fabric: profile tolerantbroker already exists (use profile edit)\n"
     );
 
+    // Inconsistent with the existing profile: another store for the same group, or the same
+    // store for another group, is refused naming the field; nothing is written.
+    let r = expect(
+        &zk,
+        &[
+            "profile",
+            "create",
+            "second",
+            "--group",
+            "default",
+            "--listen",
+            "stomp://0.0.0.0:61613",
+            "--data",
+            "/srv/elsewhere",
+        ],
+        1,
+    );
+    assert!(
+        r.stderr.starts_with("mq-fabric: profile second: data: ")
+            && r.stderr.contains("must share one data directory"),
+        "{r:#?}"
+    );
+    let r = expect(
+        &zk,
+        &[
+            "profile",
+            "create",
+            "third",
+            "--group",
+            "other",
+            "--listen",
+            "stomp://0.0.0.0:61700",
+            "--data",
+            "/srv/fabricmq/default",
+        ],
+        1,
+    );
+    assert!(r.stderr.contains("cannot share a store"), "{r:#?}");
+
     let r = expect(&zk, &["profile", "list"], 0);
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{r:#?}");

@@ -481,8 +481,90 @@ pub fn validate_profile(p: &Profile) -> Result<(), String> {
     for url in &p.listen {
         field("listen", parse_listen_url(url))?;
     }
+    for (i, url) in p.listen.iter().enumerate() {
+        let port = listen_port(url);
+        if let Some(j) = p.listen[..i].iter().position(|u| listen_port(u) == port) {
+            return Err(format!(
+                "listen: `{url}` uses port {} like `{}`: two listeners of one broker cannot share a port",
+                port.unwrap_or_default(),
+                p.listen[j]
+            ));
+        }
+    }
     field("data", parse_data_dir(&p.data))?;
     Ok(())
+}
+
+/// The port of a listener URL already checked by [`parse_listen_url`].
+fn listen_port(url: &str) -> Option<u16> {
+    url.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
+}
+
+/// Checks `p` against the other profiles of the fabric (`others` must not contain `p` itself):
+/// - the containers of one group share one store, so every profile of a group must name the same
+///   data directory (`data`);
+/// - two groups cannot share a store (`data`);
+/// - a port used by another group's profile would clash on a host running both (`listen`).
+pub fn check_against_others(p: &Profile, others: &[Profile]) -> Result<(), String> {
+    for o in others.iter().filter(|o| o.name != p.name) {
+        if o.group == p.group && o.data != p.data {
+            return Err(format!(
+                "data: `{}` differs from `{}` used by profile {} of the same group {}: the containers of a master/slave group must share one data directory",
+                p.data, o.data, o.name, p.group
+            ));
+        }
+        if o.group != p.group && o.data == p.data {
+            return Err(format!(
+                "data: `{}` is already the store of group {} (profile {}): two groups cannot share a store",
+                p.data, o.group, o.name
+            ));
+        }
+        if o.group != p.group {
+            for url in &p.listen {
+                let port = listen_port(url);
+                if let Some(theirs) = o.listen.iter().find(|u| listen_port(u) == port) {
+                    return Err(format!(
+                        "listen: port {} of `{url}` is already used by profile {} of group {} (`{theirs}`)",
+                        port.unwrap_or_default(),
+                        o.name,
+                        o.group
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the files a profile names when they exist on this machine: the broker configuration
+/// (`config`: unknown keys and bad values are errors naming the key) and the users file
+/// (`users`). Returns notes for files that are not here (the containers may run elsewhere).
+pub fn check_profile_files(p: &Profile) -> Result<Vec<String>, String> {
+    let mut notes = Vec::new();
+    if let Some(config) = &p.config {
+        let path = Path::new(config);
+        if path.exists() {
+            let mut c = fabricmq_broker::config::BrokerConfig::from_file(path)
+                .map_err(|e| format!("config: {e}"))?;
+            c.validate().map_err(|e| format!("config: {config}: {e}"))?;
+        } else {
+            notes.push(format!(
+                "config: {config} is not on this machine; not checked"
+            ));
+        }
+    }
+    if let Some(users) = &p.users {
+        let path = Path::new(users);
+        if path.exists() {
+            fabricmq_broker::auth::Authenticator::load(Some(path), false)
+                .map_err(|e| format!("users: {e}"))?;
+        } else {
+            notes.push(format!(
+                "users: {users} is not on this machine; not checked"
+            ));
+        }
+    }
+    Ok(notes)
 }
 
 #[cfg(test)]
@@ -498,6 +580,92 @@ mod tests {
 
     fn err(args: &[&str]) -> String {
         parse(args).unwrap_err().to_string()
+    }
+
+    fn prof(name: &str, group: &str, data: &str, listen: &[&str]) -> Profile {
+        Profile {
+            name: name.into(),
+            group: group.into(),
+            kind: "master-slave".into(),
+            containers: 2,
+            listen: listen.iter().map(|s| s.to_string()).collect(),
+            data: data.into(),
+            users: None,
+            config: None,
+        }
+    }
+
+    #[test]
+    fn profiles_are_checked_against_each_other() {
+        let a = prof("a", "g1", "/srv/g1", &["stomp://0.0.0.0:61613"]);
+        // Same group, same store and port: fine (only the master listens).
+        let a2 = prof("a2", "g1", "/srv/g1", &["stomp://0.0.0.0:61613"]);
+        assert_eq!(check_against_others(&a2, std::slice::from_ref(&a)), Ok(()));
+        // Same group, another store: not shared.
+        let e = check_against_others(
+            &prof("b", "g1", "/srv/other", &["stomp://0.0.0.0:61613"]),
+            std::slice::from_ref(&a),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("data: ") && e.contains("must share one data directory"),
+            "{e}"
+        );
+        // Another group on the same store.
+        let e = check_against_others(
+            &prof("c", "g2", "/srv/g1", &["stomp://0.0.0.0:61700"]),
+            std::slice::from_ref(&a),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("data: ") && e.contains("cannot share a store"),
+            "{e}"
+        );
+        // Another group on the same port.
+        let e = check_against_others(
+            &prof("d", "g2", "/srv/g2", &["stomp://0.0.0.0:61613"]),
+            std::slice::from_ref(&a),
+        )
+        .unwrap_err();
+        assert!(e.starts_with("listen: port 61613"), "{e}");
+        // Editing a profile is not a conflict with its old self.
+        let a_edit = prof("a", "g1", "/srv/moved", &["stomp://0.0.0.0:61613"]);
+        assert_eq!(
+            check_against_others(&a_edit, std::slice::from_ref(&a)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_port_used_twice_in_one_profile_is_refused() {
+        let p = prof(
+            "a",
+            "g",
+            "/srv/g",
+            &["stomp://0.0.0.0:61613", "stomp://127.0.0.1:61613"],
+        );
+        let e = validate_profile(&p).unwrap_err();
+        assert!(
+            e.starts_with("listen: ") && e.contains("cannot share a port"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_profiles_config_file_is_checked_when_it_is_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[limits]\nmax_conections = 5\n").unwrap();
+        let mut p = prof("a", "g", "/srv/g", &["stomp://0.0.0.0:61613"]);
+        p.config = Some(bad.display().to_string());
+        let e = check_profile_files(&p).unwrap_err();
+        assert!(
+            e.starts_with("config: ") && e.contains("max_conections"),
+            "{e}"
+        );
+        p.config = Some("/nowhere/broker.toml".into());
+        let notes = check_profile_files(&p).unwrap();
+        assert!(notes[0].contains("not on this machine"), "{notes:?}");
     }
 
     #[test]

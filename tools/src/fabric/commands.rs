@@ -366,6 +366,7 @@ impl Fabric {
     async fn profile_create(&self, args: &CreateArgs, json: bool) -> anyhow::Result<Exit> {
         let profile = args.to_profile();
         validate_profile(&profile).map_err(|e| anyhow!("profile {}: {e}", profile.name))?;
+        self.check_profile(&profile).await?;
         match self
             .call("create_profile", self.registry.create_profile(&profile))
             .await
@@ -391,6 +392,19 @@ impl Fabric {
             ))?;
         }
         Ok(Exit::Success)
+    }
+
+    /// The checks that need the other profiles or the files a profile names.
+    async fn check_profile(&self, p: &Profile) -> anyhow::Result<()> {
+        let others = self.profiles().await?;
+        super::cli::check_against_others(p, &others)
+            .map_err(|e| anyhow!("profile {}: {e}", p.name))?;
+        for note in
+            super::cli::check_profile_files(p).map_err(|e| anyhow!("profile {}: {e}", p.name))?
+        {
+            eprintln!("mq-fabric: note: {note}");
+        }
+        Ok(())
     }
 
     /// Reads a profile that must exist.
@@ -448,6 +462,7 @@ impl Fabric {
         let old = self.existing_profile(&args.name).await?;
         let new = args.apply(&old);
         validate_profile(&new).map_err(|e| anyhow!("profile {}: {e}", new.name))?;
+        self.check_profile(&new).await?;
         let changes = render::profile_changes(&old, &new);
         if !changes.is_empty() {
             self.call("put_profile", self.registry.put_profile(&new))
