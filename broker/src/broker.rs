@@ -253,6 +253,24 @@ impl Broker {
             .collect()
     }
 
+    /// Every topic, for statistics.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Producer ids in the de-duplication table (every id seen since the store was created).
+    pub fn producer_ids(&self) -> usize {
+        self.producers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// Checks and records a producer's sequence number. Sequences are per producer id and must
     /// increase; anything at or below the highest accepted one is a duplicate (a re-send after a
     /// lost receipt or a failover).

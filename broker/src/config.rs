@@ -8,6 +8,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -127,23 +128,38 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
-/// A client listener URL: `stomp://HOST:PORT` (or `tcp://HOST:PORT`).
+/// A client listener URL: `stomp://HOST:PORT` (or `tcp://HOST:PORT`), or TLS with
+/// `stomp+ssl://HOST:PORT` (or `ssl://HOST:PORT`, settings in `[tls]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenUrl {
     /// Host as written (kept for publishing).
     pub host: String,
     /// Port (0 = pick a free one).
     pub port: u16,
+    /// STOMP over TLS (`stomp+ssl://`).
+    pub tls: bool,
 }
 
 impl FromStr for ListenUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s
-            .strip_prefix("stomp://")
-            .or_else(|| s.strip_prefix("tcp://"))
-            .ok_or_else(|| format!("{s:?}: listener URLs start with stomp:// or tcp://"))?;
+        let (rest, tls) = if let Some(r) = s
+            .strip_prefix("stomp+ssl://")
+            .or_else(|| s.strip_prefix("ssl://"))
+        {
+            (r, true)
+        } else {
+            let r = s
+                .strip_prefix("stomp://")
+                .or_else(|| s.strip_prefix("tcp://"))
+                .ok_or_else(|| {
+                    format!(
+                        "{s:?}: listener URLs start with stomp://, tcp://, stomp+ssl:// or ssl://"
+                    )
+                })?;
+            (r, false)
+        };
         let rest = rest.trim_end_matches('/');
         let (host, port) = rest
             .rsplit_once(':')
@@ -158,21 +174,32 @@ impl FromStr for ListenUrl {
         Ok(ListenUrl {
             host: host.to_string(),
             port,
+            tls,
         })
     }
 }
 
 impl std::fmt::Display for ListenUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = self.scheme();
         if self.host.contains(':') {
-            write!(f, "stomp://[{}]:{}", self.host, self.port)
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            write!(f, "stomp://{}:{}", self.host, self.port)
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
         }
     }
 }
 
 impl ListenUrl {
+    /// `stomp+ssl` for a TLS listener, `stomp` otherwise (the scheme published and printed).
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "stomp+ssl"
+        } else {
+            "stomp"
+        }
+    }
+
     /// Resolves the address to bind.
     pub fn socket_addr(&self) -> Result<SocketAddr, String> {
         (self.host.as_str(), self.port)
@@ -180,6 +207,63 @@ impl ListenUrl {
             .map_err(|e| format!("{self}: {e}"))?
             .next()
             .ok_or_else(|| format!("{self}: host resolves to no address"))
+    }
+}
+
+/// Whether a TLS listener asks clients for a certificate (`[tls] client_auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    None,
+    /// A client certificate is asked for and, when sent, must be signed by `client_ca`.
+    Optional,
+    /// A client without a certificate signed by `client_ca` is refused in the handshake.
+    Required,
+}
+
+impl ClientAuth {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::None => "none",
+            ClientAuth::Optional => "optional",
+            ClientAuth::Required => "required",
+        }
+    }
+}
+
+/// TLS for `stomp+ssl://` listeners (`[tls]`): PEM files read at start-up.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// The server's certificate chain (PEM, leaf first).
+    pub cert: Option<PathBuf>,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// CA certificates (PEM) that sign client certificates; when set, client certificates are
+    /// verified against them.
+    pub client_ca: Option<PathBuf>,
+    /// `"none"`, `"optional"` or `"required"`; default `"required"` when `client_ca` is set,
+    /// else `"none"`.
+    pub client_auth: Option<ClientAuth>,
+}
+
+impl TlsSettings {
+    /// `client_auth` with its default applied.
+    pub fn effective_client_auth(&self) -> ClientAuth {
+        self.client_auth.unwrap_or(if self.client_ca.is_some() {
+            ClientAuth::Required
+        } else {
+            ClientAuth::None
+        })
+    }
+
+    fn is_set(&self) -> bool {
+        self.cert.is_some()
+            || self.key.is_some()
+            || self.client_ca.is_some()
+            || self.client_auth.is_some()
     }
 }
 
@@ -268,6 +352,79 @@ pub struct AuthSettings {
     /// Accept connections without login (not recommended).
     pub allow_anonymous: bool,
 }
+
+// ---- [admin]: the HTTP admin endpoint (see crate::admin) ----
+
+/// Where the admin endpoint listens when `[admin] listen` is not set: loopback only (ActiveMQ's
+/// web console port), so a default installation exposes nothing beyond the machine.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8161";
+
+/// The HTTP admin endpoint: `/metrics` (Prometheus), `/health` (200 only on a serving master),
+/// `/status` (JSON). See [`crate::admin`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Serve the endpoint (default on).
+    pub enabled: bool,
+    /// `HOST:PORT` to bind; `""` disables the endpoint. Unset: [`DEFAULT_ADMIN_LISTEN`], and a
+    /// failure to bind it is only a warning (another broker or ActiveMQ may hold it); an address
+    /// set here (or with `--admin-listen`) must bind or the broker does not start.
+    #[serde(serialize_with = "serialize_admin_listen")]
+    pub listen: Option<String>,
+    #[serde(skip)]
+    resolved: Option<SocketAddr>,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            enabled: true,
+            listen: None,
+            resolved: None,
+        }
+    }
+}
+
+fn serialize_admin_listen<S: serde::Serializer>(
+    v: &Option<String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN))
+}
+
+impl AdminSettings {
+    /// The address to bind, or `None` when the endpoint is disabled (valid after
+    /// [`BrokerConfig::validate`]).
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.resolved
+    }
+
+    /// Whether the address was configured (file or flag) rather than defaulted.
+    pub fn explicit(&self) -> bool {
+        self.listen.is_some()
+    }
+
+    fn resolve(&mut self) -> Result<(), ConfigError> {
+        self.resolved = None;
+        let listen = self
+            .listen
+            .as_deref()
+            .unwrap_or(DEFAULT_ADMIN_LISTEN)
+            .trim();
+        if !self.enabled || listen.is_empty() {
+            return Ok(());
+        }
+        let addr = listen
+            .to_socket_addrs()
+            .map_err(|e| invalid("admin.listen", format!("{listen:?}: {e} (want HOST:PORT)")))?
+            .next()
+            .ok_or_else(|| invalid("admin.listen", format!("{listen:?} resolves to no address")))?;
+        self.resolved = Some(addr);
+        Ok(())
+    }
+}
+
+// ---- end of [admin] ----
 
 /// Per-destination behaviour; every field is optional in a policy and falls back to the defaults.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -420,6 +577,10 @@ pub struct BrokerConfig {
     pub journal: JournalSettings,
     /// Authentication.
     pub auth: AuthSettings,
+    /// The HTTP admin endpoint (`[admin]`).
+    pub admin: AdminSettings,
+    /// TLS for `stomp+ssl://` listeners (`[tls]`).
+    pub tls: TlsSettings,
     /// Destination policies.
     pub destinations: Destinations,
     /// Who may read, write and create which destinations (`[[authorization]]`; none: everyone
@@ -428,6 +589,8 @@ pub struct BrokerConfig {
     pub authorization: Vec<crate::authz::AuthorizationEntry>,
     #[serde(skip)]
     listeners: Vec<ListenUrl>,
+    #[serde(skip)]
+    tls_server: Option<Arc<rustls::ServerConfig>>,
     #[serde(skip)]
     authz: crate::authz::Authorization,
 }
@@ -440,9 +603,12 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             journal: JournalSettings::default(),
             auth: AuthSettings::default(),
+            admin: AdminSettings::default(),
+            tls: TlsSettings::default(),
             destinations: Destinations::default(),
             authorization: Vec::new(),
             listeners: Vec::new(),
+            tls_server: None,
             authz: crate::authz::Authorization::default(),
         }
     }
@@ -512,6 +678,8 @@ impl BrokerConfig {
         if self.journal.segment_bytes.0 < (1 << 20) {
             return Err(invalid("journal.segment_bytes", "must be at least 1MiB"));
         }
+        self.admin.resolve()?;
+        self.validate_tls()?;
         self.authz = crate::authz::Authorization::compile(&self.authorization)
             .map_err(|e| invalid(format!("authorization[{}].{}", e.index, e.field), e.reason))?;
         self.destinations.compile()
@@ -520,6 +688,30 @@ impl BrokerConfig {
     /// The compiled `[[authorization]]` entries (valid after [`BrokerConfig::validate`]).
     pub fn authorization(&self) -> &crate::authz::Authorization {
         &self.authz
+    }
+
+    /// Loads the `[tls]` files when a listener uses TLS (or the section is set at all, so a broken
+    /// file is reported before it is needed).
+    fn validate_tls(&mut self) -> Result<(), ConfigError> {
+        let t = &self.tls;
+        if t.client_auth == Some(ClientAuth::None) && t.client_ca.is_some() {
+            return Err(invalid(
+                "tls.client_auth",
+                "is \"none\" but client_ca is set: use \"optional\" or \"required\", or remove client_ca",
+            ));
+        }
+        self.tls_server = if self.listeners.iter().any(|l| l.tls) || t.is_set() {
+            Some(crate::tls::server_config(t)?)
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    /// The TLS server configuration of `stomp+ssl://` listeners (after
+    /// [`BrokerConfig::validate`]; `None` without a `[tls]` section).
+    pub fn tls_server(&self) -> Option<&Arc<rustls::ServerConfig>> {
+        self.tls_server.as_ref()
     }
 
     /// Listener URLs, parsed (valid after [`BrokerConfig::validate`]).
@@ -595,10 +787,67 @@ mod tests {
     }
 
     #[test]
+    fn admin_section() {
+        let mut c = BrokerConfig::default();
+        c.validate().unwrap();
+        assert_eq!(
+            c.admin.socket_addr(),
+            Some(DEFAULT_ADMIN_LISTEN.parse().unwrap())
+        );
+        assert!(!c.admin.explicit());
+        assert!(c.to_toml().contains("[admin]"), "{}", c.to_toml());
+        let mut c = BrokerConfig::from_toml("[admin]\nlisten = \"0.0.0.0:9000\"\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.admin.socket_addr(), Some("0.0.0.0:9000".parse().unwrap()));
+        assert!(c.admin.explicit());
+        for off in ["[admin]\nlisten = \"\"\n", "[admin]\nenabled = false\n"] {
+            let mut c = BrokerConfig::from_toml(off).unwrap();
+            c.validate().unwrap();
+            assert_eq!(c.admin.socket_addr(), None, "{off}");
+        }
+        let mut c = BrokerConfig::from_toml("[admin]\nlisten = \"nowhere\"\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("admin.listen"), "{e}");
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        // A TLS listener without [tls]: the key is named.
+        let mut c = BrokerConfig::from_toml("listen = [\"stomp+ssl://127.0.0.1:0\"]").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("tls.cert"), "{e}");
+        let mut c = BrokerConfig::from_toml(
+            "[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\n",
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("tls.cert") && e.contains("/nonexistent/c.pem"),
+            "{e}"
+        );
+        let mut c =
+            BrokerConfig::from_toml("[tls]\nclient_ca = \"/x.pem\"\nclient_auth = \"none\"\n")
+                .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("tls.client_auth"), "{e}");
+        assert!(BrokerConfig::from_toml("[tls]\nclient_auth = \"maybe\"\n").is_err());
+        // No TLS anywhere: nothing loaded.
+        let mut c = BrokerConfig::default();
+        c.validate().unwrap();
+        assert!(c.tls_server().is_none());
+    }
+
+    #[test]
     fn listen_urls() {
         let u: ListenUrl = "stomp://127.0.0.1:61613".parse().unwrap();
         assert_eq!(u.port, 61613);
         assert_eq!(u.to_string(), "stomp://127.0.0.1:61613");
+        assert!(!u.tls);
+        for tls in ["stomp+ssl://127.0.0.1:61614", "ssl://127.0.0.1:61614"] {
+            let t: ListenUrl = tls.parse().unwrap();
+            assert!(t.tls, "{tls}");
+            assert_eq!(t.to_string(), "stomp+ssl://127.0.0.1:61614");
+        }
         assert!("stomp://127.0.0.1".parse::<ListenUrl>().is_err());
         assert!("stomp://:1".parse::<ListenUrl>().is_err());
         assert!("stomp://h:99999".parse::<ListenUrl>().is_err());

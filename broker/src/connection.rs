@@ -38,7 +38,7 @@ use fabricmq_stomp::{
 };
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -49,6 +49,7 @@ use crate::broker::{Broker, Dedup};
 use crate::destination::{ConsumerKey, Outbox, Queue, STORE_BACKLOG_LIMIT};
 use crate::message::{now_ms, Delivery, Message, Outbound, Source, DEFAULT_PRIORITY};
 use crate::store::{Op, ProducerSeq};
+use crate::tls::TlsAcceptor;
 
 /// Server name sent in CONNECTED.
 pub const SERVER: &str = concat!("fabricmq/", env!("CARGO_PKG_VERSION"));
@@ -58,9 +59,9 @@ const MAX_PENDING_RECEIPTS: usize = 8192;
 /// Most deliveries taken from the outbox per loop turn.
 const OUTBOX_BATCH: usize = 256;
 /// Smallest and largest room reserved for one socket read. A connection starts at the smallest
-/// and doubles while its reads fill the buffer (a busy producer), halving again when they do not
-/// (Netty's adaptive receive buffer). Reserving 64 KiB for every read of a mostly idle
-/// connection cost ~64 KiB of RSS per connection with mimalloc on transparent huge pages.
+/// and doubles while its reads fill the buffer (a busy producer); it starts small again once its
+/// buffer was released for being empty at a tick. Reserving 64 KiB for every read of a mostly
+/// idle connection cost ~64 KiB of RSS per connection with mimalloc on transparent huge pages.
 const READ_CHUNK_MIN: usize = 4 * 1024;
 /// See [`READ_CHUNK_MIN`].
 const READ_CHUNK_MAX: usize = 64 * 1024;
@@ -170,8 +171,16 @@ struct Transaction {
     acks: Vec<(u64, Vec<u64>)>,
 }
 
-/// Serves one accepted socket until it closes. Errors are logged, never returned.
-pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one accepted socket until it closes. Errors are logged, never returned. With `tls`
+/// (a `stomp+ssl://` listener) the TLS handshake runs first, here in the connection's task, and
+/// shares the CONNECT timeout: a client that does not speak TLS (a plain STOMP client on the TLS
+/// port) fails the handshake and is closed.
+pub async fn serve(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+) {
     let conn_id = broker.next_connection_id();
     let span = tracing::info_span!("conn", conn_id, %peer, login = tracing::field::Empty);
     async move {
@@ -185,12 +194,48 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
             .connections_open
             .fetch_add(1, Ordering::Relaxed);
         debug!("connection accepted");
-        let (rd, wr) = stream.into_split();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut conn = Conn::new(broker.clone(), conn_id, rd, wr, tx, rx);
-        conn.run().await;
-        conn.settle_pending().await;
-        conn.cleanup();
+        let deadline = tokio::time::Instant::now() + broker.config.limits.connect_timeout.0;
+        let halves = match tls {
+            None => {
+                let (rd, wr) = stream.into_split();
+                Some((Reader::Plain(rd), Writer::Plain(wr)))
+            }
+            Some(acceptor) => {
+                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => {
+                        let (_, session) = s.get_ref();
+                        debug!(
+                            client_certificate = session.peer_certificates().is_some(),
+                            "TLS handshake done"
+                        );
+                        let (rd, wr) = tokio::io::split(s);
+                        Some((
+                            Reader::Tls(rd),
+                            Writer::Tls {
+                                io: wr,
+                                dirty: false,
+                            },
+                        ))
+                    }
+                    Ok(Err(e)) => {
+                        info!(error = %e, "TLS handshake failed; closing");
+                        None
+                    }
+                    Err(_) => {
+                        info!("no TLS handshake within the connect timeout; closing");
+                        None
+                    }
+                }
+            }
+        };
+        if let Some((rd, wr)) = halves {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let mut conn = Conn::new(broker.clone(), conn_id, rd, wr, tx, rx);
+            conn.connect_deadline = deadline;
+            conn.run().await;
+            conn.settle_pending().await;
+            conn.cleanup();
+        }
         broker
             .stats
             .connections_open
@@ -201,19 +246,160 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     .await
 }
 
-/// Refuses a connection over the limit with an ERROR frame (best effort, bounded in time).
-pub async fn refuse(mut stream: TcpStream, reason: &str) {
+/// Refuses a connection over the limit with an ERROR frame (best effort, bounded in time; over
+/// TLS after the handshake, within the same second).
+pub async fn refuse(mut stream: TcpStream, tls: Option<TlsAcceptor>, reason: &str) {
     let mut buf = BytesMut::new();
     encode(&error_frame(reason, reason, None), Version::V1_2, &mut buf);
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
-    let _ = stream.shutdown().await;
+    let Some(acceptor) = tls else {
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
+        let _ = stream.shutdown().await;
+        return;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), async move {
+        let mut s = acceptor.accept(stream).await?;
+        s.write_all(&buf).await?;
+        s.shutdown().await
+    })
+    .await;
+}
+
+/// The read side of a connection's socket. Plain TCP keeps the hot path of waiting for
+/// readiness and reserving the read buffer only then; TLS reads through rustls into a buffer
+/// reserved up front.
+enum Reader {
+    Plain(OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The write side of a connection's socket. A TLS write may leave encrypted bytes inside rustls
+/// when the socket is full (`dirty`): the loop then flushes even with nothing left to encode.
+enum Writer {
+    Plain(OwnedWriteHalf),
+    Tls {
+        io: tokio::io::WriteHalf<tokio_rustls::server::TlsStream<TcpStream>>,
+        dirty: bool,
+    },
+}
+
+impl Reader {
+    /// Reads what is available into `buf`, reserving `chunk` bytes when less than a quarter of
+    /// that is free. Returns (bytes read, room there was), or `None` after a spurious wakeup.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: no bytes are lost when it is dropped before completing.
+    async fn read_some(
+        &mut self,
+        buf: &mut BytesMut,
+        chunk: usize,
+    ) -> std::io::Result<Option<(usize, usize)>> {
+        fn reserve(buf: &mut BytesMut, chunk: usize) -> usize {
+            if buf.capacity() - buf.len() < chunk / 4 {
+                buf.reserve(chunk);
+            }
+            buf.capacity() - buf.len()
+        }
+        match self {
+            Reader::Plain(rd) => {
+                // The read buffer is reserved only once there is something to read.
+                rd.readable().await?;
+                let room = reserve(buf, chunk);
+                match rd.try_read_buf(buf) {
+                    Ok(n) => Ok(Some((n, room))),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+            Reader::Tls(rd) => {
+                let room = reserve(buf, chunk);
+                rd.read_buf(buf).await.map(|n| Some((n, room)))
+            }
+        }
+    }
+}
+
+impl Writer {
+    /// True when a TLS write left bytes inside rustls that still need a flush.
+    fn unflushed(&self) -> bool {
+        matches!(self, Writer::Tls { dirty: true, .. })
+    }
+
+    /// Writes part of `buf` (cancel safe, like [`AsyncWriteExt::write`]); with `buf` empty,
+    /// flushes what a TLS write left inside rustls and returns `Ok(0)`.
+    async fn write_some(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            self.flush().await?;
+            return Ok(0);
+        }
+        self.write(buf).await
+    }
+}
+
+impl AsyncRead for Reader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Reader::Plain(r) => Pin::new(r).poll_read(cx, buf),
+            Reader::Tls(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Writer {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Writer::Plain(w) => Pin::new(w).poll_write(cx, buf),
+            Writer::Tls { io, dirty } => {
+                let r = Pin::new(io).poll_write(cx, buf);
+                if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+                    *dirty = true;
+                }
+                r
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Writer::Plain(w) => Pin::new(w).poll_flush(cx),
+            Writer::Tls { io, dirty } => {
+                let r = Pin::new(io).poll_flush(cx);
+                if matches!(r, std::task::Poll::Ready(Ok(()))) {
+                    *dirty = false;
+                }
+                r
+            }
+        }
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Writer::Plain(w) => Pin::new(w).poll_shutdown(cx),
+            Writer::Tls { io, .. } => Pin::new(io).poll_shutdown(cx),
+        }
+    }
 }
 
 struct Conn {
     broker: Arc<Broker>,
     id: u64,
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: Reader,
+    wr: Writer,
+    /// When CONNECT must have arrived (the TLS handshake counts against it).
+    connect_deadline: tokio::time::Instant,
     inbuf: BytesMut,
     outbuf: BytesMut,
     decoder: Decoder,
@@ -251,8 +437,8 @@ impl Conn {
     fn new(
         broker: Arc<Broker>,
         id: u64,
-        rd: OwnedReadHalf,
-        wr: OwnedWriteHalf,
+        rd: Reader,
+        wr: Writer,
         tx: mpsc::UnboundedSender<Outbound>,
         rx: mpsc::UnboundedReceiver<Outbound>,
     ) -> Self {
@@ -264,12 +450,14 @@ impl Conn {
             ..FrameLimits::default()
         };
         let max_pending = l.max_pending_bytes.0 as usize;
+        let connect_deadline = tokio::time::Instant::now() + l.connect_timeout.0;
         let now = Instant::now();
         Conn {
             broker,
             id,
             rd,
             wr,
+            connect_deadline,
             // Both buffers are allocated when there is something to read or write and released
             // when they are empty again, so an idle connection holds no buffer at all (5,000
             // idle connections with two 64 KiB buffers each cost ~690 MiB of RSS once the
@@ -400,9 +588,10 @@ impl Conn {
                         }
                     }
                 }
-                r = self.wr.write(&self.outbuf), if open && !self.outbuf.is_empty() => {
+                r = self.wr.write_some(&self.outbuf), if open && (!self.outbuf.is_empty() || self.wr.unflushed()) => {
                     match r {
-                        Ok(0) | Err(_) => return,
+                        Err(_) => return,
+                        Ok(0) if !self.outbuf.is_empty() => return,
                         Ok(n) => {
                             self.outbuf.advance(n);
                             self.last_write = Instant::now();
@@ -421,32 +610,21 @@ impl Conn {
                     behind_connect = false;
                     self.process_input().await;
                 }
-                r = self.rd.readable(), if can_read => {
-                    // The read buffer is reserved only once there is something to read.
-                    if let Err(e) = r {
-                        debug!(error = %e, "read failed");
-                        return;
-                    }
-                    if self.inbuf.capacity() - self.inbuf.len() < self.read_chunk / 4 {
-                        self.inbuf.reserve(self.read_chunk);
-                    }
-                    let room = self.inbuf.capacity() - self.inbuf.len();
-                    match self.rd.try_read_buf(&mut self.inbuf) {
-                        Ok(0) => {
+                r = self.rd.read_some(&mut self.inbuf, self.read_chunk), if can_read => {
+                    match r {
+                        Ok(Some((0, _))) => {
                             debug!("peer closed");
                             return;
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Ok(None) => {}
                         Err(e) => {
                             debug!(error = %e, "read failed");
                             return;
                         }
-                        Ok(n) => {
+                        Ok(Some((n, room))) => {
                             self.last_read = Instant::now();
                             if n == room {
                                 self.read_chunk = (self.read_chunk * 2).min(READ_CHUNK_MAX);
-                            } else if n < self.read_chunk / 4 {
-                                self.read_chunk = (self.read_chunk / 2).max(READ_CHUNK_MIN);
                             }
                             self.process_input().await;
                         }
@@ -469,6 +647,7 @@ impl Conn {
                     // still share the read buffer keep their part alive themselves.
                     if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
                         self.inbuf = BytesMut::new();
+                        self.read_chunk = READ_CHUNK_MIN;
                     }
                     if self.outbuf.is_empty() && self.outbuf.capacity() > 0 {
                         self.outbuf = BytesMut::new();
@@ -515,6 +694,7 @@ impl Conn {
                     Ok(n) => outbuf.advance(n),
                 }
             }
+            let _ = wr.flush().await;
             let _ = wr.shutdown().await;
         })
         .await;
@@ -523,7 +703,7 @@ impl Conn {
     /// Reads CONNECT, authenticates, negotiates, answers CONNECTED. False = close.
     async fn handshake(&mut self) -> bool {
         let timeout = self.broker.config.limits.connect_timeout.0;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = self.connect_deadline;
         let frame = loop {
             match self.decoder.decode(&mut self.inbuf) {
                 Ok(Some(Item::Frame(f))) => break f,
@@ -1308,15 +1488,6 @@ impl Conn {
             })
             .collect();
         let mut bodies = load_bodies(self.broker.context().clone(), wanted).await;
-        // One allocation for the batch when the output buffer was released (see the tick).
-        let encoded: usize = batch
-            .iter()
-            .map(|ob| match ob {
-                Outbound::Deliver(d) => d.msg.outbox_bytes() as usize + 256,
-                Outbound::Close(_) => 256,
-            })
-            .sum();
-        self.outbuf.reserve(encoded);
         for (i, ob) in batch.into_iter().enumerate() {
             match ob {
                 Outbound::Close(reason) => {

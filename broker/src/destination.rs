@@ -109,6 +109,8 @@ pub struct DestinationStats {
     pub expired: AtomicU64,
     /// Topic subscribers disconnected for being too slow.
     pub slow_consumers_closed: AtomicU64,
+    /// Body bytes of the messages in the queue, ready and in flight (a gauge; queues only).
+    pub bytes: AtomicU64,
 }
 
 /// Why a message left a queue for its dead-letter queue.
@@ -269,11 +271,14 @@ impl Queue {
     ) -> Effects {
         let mut s = self.lock();
         let mut n = 0;
+        let mut bytes = 0;
         for msg in msgs {
+            bytes += u64::from(msg.body_len);
             insert_ready(&mut s, Entry { msg, deliveries });
             n += 1;
         }
         self.stats.enqueued.fetch_add(n, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.dispatch(&mut s)
     }
 
@@ -421,7 +426,12 @@ impl Queue {
         }
     }
 
+    /// A message left the queue (acknowledged, dead-lettered, expired): gives its body's memory
+    /// back and takes it off the queue's byte count.
     fn release(&self, msg: &Message) {
+        self.stats
+            .bytes
+            .fetch_sub(u64::from(msg.body_len), Ordering::Relaxed);
         if msg.body.is_some() {
             self.ctx.memory.release(msg.memory_bytes());
         }

@@ -34,6 +34,7 @@ use fabricmq_registry::{
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::admin::{Role, ZkState};
 use crate::config::BrokerConfig;
 use crate::gate::Gate;
 use crate::message::now_ms;
@@ -53,9 +54,12 @@ pub struct HaSettings {
     pub profile: Option<String>,
     /// Host name published in service URLs when a listener binds a wildcard address.
     pub advertise_host: String,
-    /// Optional file the lifecycle writes `{"role": ..., "listeners": [...], "epoch": N}` to on every
-    /// role change (for scripts and tests).
+    /// Optional file the lifecycle writes `{"role": ..., "listeners": [...], "epoch": N, "admin":
+    /// "HOST:PORT"}` to on every role change (for scripts and tests).
     pub state_file: Option<PathBuf>,
+    /// What the admin endpoint reports; the lifecycle keeps it current (role, epoch, ZooKeeper
+    /// session, the serving broker).
+    pub status: Arc<crate::admin::Status>,
 }
 
 /// Why a term as master ended.
@@ -79,6 +83,8 @@ const HANDOVER_STALE: Duration = Duration::from_secs(60);
 pub async fn run(config: BrokerConfig, ha: HaSettings, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
+        ha.status.set_role(Role::Connecting);
+        ha.status.set_zookeeper(ZkState::Connecting);
         let registry = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = Registry::connect(ha.registry.clone()) => r,
@@ -98,12 +104,16 @@ pub async fn run(config: BrokerConfig, ha: HaSettings, shutdown: CancellationTok
                 continue;
             }
         };
+        let session = tokio::spawn(mirror_session(registry.events(), ha.status.clone()));
         let ended = term(&config, &ha, &registry, &shutdown).await;
         // Not serving any more, whatever happens next (closing may wait for ZooKeeper).
         write_state(&ha, "slave", &[], None);
         match ended {
             Ok(Ended::Shutdown) => {
+                ha.status.set_role(Role::Stopping);
                 registry.close().await;
+                session.abort();
+                ha.status.set_zookeeper(ZkState::Closed);
                 return;
             }
             Ok(Ended::StepDown(why)) => {
@@ -117,7 +127,23 @@ pub async fn run(config: BrokerConfig, ha: HaSettings, shutdown: CancellationTok
             }
             Err(e) => warn!(error = %e, "registry error; rejoining the group"),
         }
+        ha.status.set_role(Role::Connecting);
         registry.close().await;
+        session.abort();
+    }
+}
+
+/// Mirrors a registry session's events into the admin status until the session ends.
+async fn mirror_session(
+    mut events: tokio::sync::watch::Receiver<SessionEvent>,
+    status: Arc<crate::admin::Status>,
+) {
+    loop {
+        let ev = *events.borrow_and_update();
+        status.set_zookeeper(ev.into());
+        if events.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -147,8 +173,10 @@ static START_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 fn write_state(ha: &HaSettings, role: &str, listeners: &[String], epoch: Option<u64>) {
     let Some(path) = &ha.state_file else { return };
+    let admin = ha.status.admin_addr().map(|a| a.to_string());
     let json = serde_json::json!({
         "role": role, "listeners": listeners, "epoch": epoch, "pid": std::process::id(),
+        "admin": admin,
     });
     let tmp = path.with_extension("tmp");
     if let Err(e) = std::fs::write(&tmp, json.to_string()).and_then(|_| std::fs::rename(&tmp, path))
@@ -179,6 +207,7 @@ async fn term(
             "joined the group as slave; no client listener is open"
         );
         write_state(ha, "slave", &[], None);
+        ha.status.set_role(Role::Slave);
 
         // Wait to be first in line, also watching the store lock when next in line.
         let lock = match wait_for_turn(config, ha, registry, &member, shutdown).await? {
@@ -212,6 +241,7 @@ async fn term(
         )
         .await?;
     let claim = registry.next_epoch(&ha.group).await?;
+    ha.status.activating(claim.epoch);
     info!(
         epoch = claim.epoch,
         store_locked, "first in line: activating as master"
@@ -257,18 +287,19 @@ async fn term(
         }
     };
     let services: Vec<String> = started
-        .local_addrs()
+        .local_listeners()
         .iter()
-        .map(|a| {
+        .map(|(scheme, a)| {
             let host = if a.ip().is_unspecified() {
                 ha.advertise_host.clone()
             } else {
                 a.ip().to_string()
             };
-            format!("stomp://{host}:{}", a.port())
+            format!("{scheme}://{host}:{}", a.port())
         })
         .collect();
     let journal = started.broker.journal.clone();
+    let broker = started.broker.clone();
     let serve = tokio::spawn(started.serve());
     gate.open();
 
@@ -306,6 +337,10 @@ async fn term(
         warn!(error = %e, "cannot update the member record to master");
     }
     write_state(ha, "master", &services, Some(claim.epoch));
+    ha.status
+        .serving_master(claim.epoch, &services, record.since, &broker);
+    // The status keeps only a weak reference: the broker lives as long as it serves.
+    drop(broker);
     info!(
         epoch = claim.epoch,
         services = ?services,
@@ -354,6 +389,7 @@ async fn term(
     };
 
     // The master record disappears before the listeners close.
+    ha.status.set_role(Role::Stopping);
     match &ended {
         Ended::Shutdown => {
             let _ = registry.remove_master(&ha.group).await;

@@ -1,6 +1,7 @@
 //! fabricmq broker: a STOMP 1.2 message broker with a durable journal.
 //!
 //! Module map (each module's doc says what it owns and its invariants):
+//! - [`admin`]: the HTTP admin endpoint (`/metrics`, `/health`, `/status`);
 //! - [`config`]: typed, validated configuration (TOML file plus command-line overrides);
 //! - [`auth`]: users and password checks;
 //! - [`pattern`]: ActiveMQ-style destination wildcards for policies;
@@ -12,8 +13,10 @@
 //! - [`connection`]: one task per client connection (STOMP frames, receipts, heart-beats);
 //! - [`ha`]: the fabric lifecycle (election in ZooKeeper, fencing, two-stage session handling);
 //! - [`server`]: start-up (recovery, bind), accept loop, graceful shutdown;
-//! - [`store`]: the segmented, CRC-checked, group-committed journal.
+//! - [`store`]: the segmented, CRC-checked, group-committed journal;
+//! - [`tls`]: the `[tls]` section's certificates for `stomp+ssl://` listeners.
 
+pub mod admin;
 pub mod auth;
 pub mod authz;
 pub mod broker;
@@ -25,5 +28,6 @@ pub mod ha;
 pub mod message;
 pub mod pattern;
 pub mod server;
+pub mod tls;
 
 pub mod store;

@@ -2,12 +2,13 @@
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fabricmq_broker::config::BrokerConfig;
-use fabricmq_broker::server;
+use fabricmq_broker::{admin, server};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -28,7 +29,8 @@ struct Cli {
     /// TOML configuration file (see `--print-config` for every key and its default).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Client listener, `stomp://HOST:PORT` (repeatable; default stomp://0.0.0.0:61613).
+    /// Client listener, `stomp://HOST:PORT` or `stomp+ssl://HOST:PORT` (TLS, see `[tls]`)
+    /// (repeatable; default stomp://0.0.0.0:61613).
     #[arg(long, value_name = "URL")]
     listen: Vec<String>,
     /// Data directory holding the journal (default ./data).
@@ -40,7 +42,7 @@ struct Cli {
     /// Start even if a journal segment before the last is corrupt (drops what follows the damage).
     #[arg(long)]
     salvage: bool,
-    /// Write `{"listeners": [...], "pid": N}` to this file once listening.
+    /// Write `{"listeners": [...], "pid": N, "admin": "HOST:PORT"|null}` to this file once listening.
     #[arg(long, value_name = "FILE")]
     ready_file: Option<PathBuf>,
     /// Print the effective configuration as TOML and exit.
@@ -75,9 +77,18 @@ struct Cli {
     /// (default: this machine's host name).
     #[arg(long, value_name = "HOST")]
     advertise_host: Option<String>,
-    /// Write `{"role": "slave"|"master", "listeners": [...], "epoch": N}` here on every role change.
+    /// Write `{"role": "slave"|"master", "listeners": [...], "epoch": N, "admin": "HOST:PORT"|null}`
+    /// here on every role change.
     #[arg(long, value_name = "FILE")]
     state_file: Option<PathBuf>,
+    // ---- admin endpoint (broker/src/admin.rs) ----
+    /// Serve the HTTP admin endpoint (/metrics, /health, /status) on `HOST:PORT` (default
+    /// 127.0.0.1:8161; "" disables it; port 0 picks a free one, written to the ready/state file).
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_admin")]
+    admin_listen: Option<String>,
+    /// Do not serve the HTTP admin endpoint.
+    #[arg(long)]
+    no_admin: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -165,6 +176,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let group = group.context("--group (or --profile) is required with --zk")?;
             let advertise_host = cli.advertise_host.clone().unwrap_or_else(hostname);
+            let status = admin::Status::fabric(&container, &group, cli.profile.as_deref());
             Some(fabricmq_broker::ha::HaSettings {
                 registry,
                 group,
@@ -172,6 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 profile: cli.profile.clone(),
                 advertise_host,
                 state_file: cli.state_file.clone(),
+                status,
             })
         }
     };
@@ -187,6 +200,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.salvage {
         config.journal.salvage = true;
     }
+    if let Some(a) = &cli.admin_listen {
+        config.admin.listen = Some(a.clone());
+    }
+    if cli.no_admin {
+        config.admin.enabled = false;
+    }
     config.validate()?;
     if cli.print_config {
         print!("{}", config.to_toml());
@@ -195,19 +214,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     warn_if_files_short(config.limits.max_connections);
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
+        let status = match &ha {
+            Some(ha) => ha.status.clone(),
+            None => admin::Status::standalone(),
+        };
+        start_admin(&config, &status).await?;
         if let Some(ha) = ha {
             tokio::spawn(signals(shutdown.clone()));
             fabricmq_broker::ha::run(config, ha, shutdown).await;
             return anyhow::Ok(());
         }
         let started = server::start(config, shutdown.clone()).await?;
+        let addrs: Vec<String> = started
+            .local_listeners()
+            .iter()
+            .map(|(scheme, a)| format!("{scheme}://{a}"))
+            .collect();
+        status.serving_standalone(&addrs, &started.broker);
         if let Some(path) = &cli.ready_file {
-            let addrs: Vec<String> = started
-                .local_addrs()
-                .iter()
-                .map(|a| format!("stomp://{a}"))
-                .collect();
-            let json = serde_json::json!({ "listeners": addrs, "pid": std::process::id() });
+            let admin = status.admin_addr().map(|a| a.to_string());
+            let json = serde_json::json!({
+                "listeners": addrs, "pid": std::process::id(), "admin": admin,
+            });
             let tmp = path.with_extension("tmp");
             std::fs::write(&tmp, json.to_string())
                 .and_then(|_| std::fs::rename(&tmp, path))
@@ -219,6 +247,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Starts the admin endpoint if configured. A configured address that cannot be bound is an
+/// error; the default one (another broker or ActiveMQ's console may hold it) only a warning.
+async fn start_admin(config: &BrokerConfig, status: &Arc<admin::Status>) -> anyhow::Result<()> {
+    let Some(addr) = config.admin.socket_addr() else {
+        info!("admin endpoint disabled");
+        return Ok(());
+    };
+    match admin::bind(addr).await {
+        Ok(listener) => {
+            admin::spawn(listener, status.clone());
+            Ok(())
+        }
+        Err(e) if config.admin.explicit() => {
+            Err(anyhow::Error::new(e).context("admin.listen / --admin-listen"))
+        }
+        Err(e) => {
+            warn!(error = %e, "running without the admin endpoint; set --admin-listen (or [admin] listen) to another address");
+            Ok(())
+        }
+    }
 }
 
 /// Raises the soft limit on open files (RLIMIT_NOFILE) to the hard limit, as production brokers

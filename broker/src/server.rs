@@ -1,7 +1,7 @@
 //! Listeners and the broker's lifecycle: start (journal recovery, bind), serve, graceful stop.
 //!
-//! The accept loop only accepts: the CONNECT handshake, authentication and the CONNECT timeout run
-//! in each connection's own task. The connection limit is a semaphore; a connection over the
+//! The accept loop only accepts: the TLS handshake (`stomp+ssl://` listeners), the CONNECT
+//! handshake, authentication and the CONNECT timeout run in each connection's own task. The connection limit is a semaphore; a connection over the
 //! limit gets one ERROR frame and is closed. One [`CancellationToken`] stops everything: listeners
 //! stop accepting, connections finish the receipts already in flight and close, then the journal
 //! finishes its appends, fsyncs and releases its lock.
@@ -22,6 +22,7 @@ use crate::config::BrokerConfig;
 use crate::connection;
 use crate::gate::Gate;
 use crate::store::{Journal, JournalConfig, LockMode, StoreError};
+use crate::tls::TlsAcceptor;
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -49,11 +50,18 @@ pub enum StartError {
     },
 }
 
+/// A bound client listener; `tls` is set for `stomp+ssl://`.
+struct Listener {
+    url: String,
+    socket: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
 /// A started broker: bound listeners and recovered state, not yet serving.
 pub struct Started {
     /// Shared state.
     pub broker: Arc<Broker>,
-    listeners: Vec<(String, TcpListener)>,
+    listeners: Vec<Listener>,
     started: Instant,
 }
 
@@ -62,7 +70,23 @@ impl Started {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(_, l)| l.local_addr().ok())
+            .filter_map(|l| l.socket.local_addr().ok())
+            .collect()
+    }
+
+    /// Bound listeners as (scheme, address): `stomp` or `stomp+ssl` (TLS), with the port chosen
+    /// when the URL said port 0. What the ready file and the master record publish.
+    pub fn local_listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|l| {
+                let scheme = if l.tls.is_some() {
+                    "stomp+ssl"
+                } else {
+                    "stomp"
+                };
+                Some((scheme, l.socket.local_addr().ok()?))
+            })
             .collect()
     }
 
@@ -71,12 +95,13 @@ impl Started {
         let broker = self.broker;
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(broker.config.limits.max_connections));
-        for (url, listener) in self.listeners {
-            let addr = listener.local_addr().ok();
-            info!(%url, addr = ?addr, "listening");
+        for Listener { url, socket, tls } in self.listeners {
+            let addr = socket.local_addr().ok();
+            info!(%url, addr = ?addr, tls = tls.is_some(), "listening");
             tracker.spawn(accept_loop(
                 broker.clone(),
-                listener,
+                socket,
+                tls,
                 permits.clone(),
                 tracker.clone(),
             ));
@@ -210,7 +235,21 @@ pub async fn start_with(
                 url: url.to_string(),
                 source,
             })?;
-        listeners.push((url.to_string(), l));
+        let tls = if url.tls {
+            // validate() loaded [tls] whenever a listener uses it.
+            let config = config.tls_server().ok_or_else(|| StartError::Bind {
+                url: url.to_string(),
+                source: std::io::Error::other("no [tls] configuration loaded"),
+            })?;
+            Some(TlsAcceptor::from(config.clone()))
+        } else {
+            None
+        };
+        listeners.push(Listener {
+            url: url.to_string(),
+            socket: l,
+            tls,
+        });
     }
     let broker = Broker::new(
         config,
@@ -231,6 +270,7 @@ pub async fn start_with(
 async fn accept_loop(
     broker: Arc<Broker>,
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
 ) {
@@ -251,14 +291,19 @@ async fn accept_loop(
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 let b = broker.clone();
+                let tls = tls.clone();
                 tracker.spawn(async move {
-                    connection::serve(b, stream, peer).await;
+                    connection::serve(b, stream, peer, tls).await;
                     drop(permit);
                 });
             }
             Err(_) => {
                 warn!(%peer, limit = broker.config.limits.max_connections, "connection limit reached; refusing");
-                tracker.spawn(connection::refuse(stream, "too many connections"));
+                tracker.spawn(connection::refuse(
+                    stream,
+                    tls.clone(),
+                    "too many connections",
+                ));
             }
         }
     }

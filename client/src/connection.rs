@@ -91,8 +91,8 @@ impl fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Connects over TCP, sends CONNECT and waits for CONNECTED, all within
-    /// `opts.connect_timeout`.
+    /// Connects over TCP (and TLS for `ssl://`, trusting what `opts.tls` says),
+    /// sends CONNECT and waits for CONNECTED, all within `opts.connect_timeout`.
     ///
     /// With a `failover:(...)` or `discovery:fabric:` URL the first connection
     /// is retried with back-off up to the URL's `startupMaxReconnectAttempts`
@@ -101,6 +101,8 @@ impl Connection {
     /// docs and [`events`](Self::events)).
     ///
     /// Errors: [`ClientError::Connect`] when the TCP connection fails,
+    /// [`ClientError::Tls`] for unusable TLS settings (never retried),
+    /// [`ClientError::TlsHandshake`] when the TLS handshake fails,
     /// [`ClientError::Auth`] when the broker answers with an ERROR (never
     /// retried), [`ClientError::Timeout`] when it takes too long,
     /// [`ClientError::Protocol`] when the broker's reply makes no sense,
@@ -111,21 +113,31 @@ impl Connection {
     /// nothing is left running.
     pub async fn connect(url: &BrokerUrl, opts: ConnectOptions) -> Result<Connection, ClientError> {
         match url {
-            BrokerUrl::Tcp { host, port } => Self::connect_tcp(host, *port, opts).await,
+            BrokerUrl::Tcp { host, port, tls } => {
+                if *tls {
+                    // Unusable TLS settings fail here, before any dial.
+                    crate::tls::client_config(&opts.tls)?;
+                }
+                Self::connect_tcp(host, *port, *tls, opts).await
+            }
             BrokerUrl::Failover { urls, options } => {
-                let list = urls
+                let list: Vec<Endpoint> = urls
                     .iter()
                     .map(|u| Endpoint {
                         host: u.host().to_owned(),
                         port: u.port(),
+                        tls: matches!(u, BrokerUrl::Tcp { tls: true, .. }),
                     })
                     .collect();
+                if list.iter().any(|e| e.tls) {
+                    crate::tls::client_config(&opts.tls)?;
+                }
                 let source = Source::fixed(list, options.randomize);
                 Self::connect_failover(source, Policy::from(options), opts, url.to_string()).await
             }
             BrokerUrl::Discovery { options, .. } => {
                 let discovery = Discovery::from_url(url).await?;
-                let source = Source::watched(discovery.endpoints(), Box::new(discovery));
+                let source = Source::watched(discovery.master(), Box::new(discovery));
                 Self::connect_failover(source, Policy::from(options), opts, url.to_string()).await
             }
         }
@@ -135,11 +147,13 @@ impl Connection {
     pub(crate) async fn connect_tcp(
         host: &str,
         port: u16,
+        tls: bool,
         opts: ConnectOptions,
     ) -> Result<Connection, ClientError> {
         let ep = Endpoint {
             host: host.to_owned(),
             port,
+            tls,
         };
         let est = dial(&ep, &opts).await?;
         let peer = ep.to_string();

@@ -30,6 +30,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, warn};
 
 use crate::error::ClientError;
+use crate::failover::Endpoint;
 use crate::url::{validate_group, validate_zk_root, BrokerUrl, UrlError};
 
 /// First delay between attempts to open a new ZooKeeper session.
@@ -215,7 +216,8 @@ impl Discovery {
     }
 
     /// Current master endpoints `(host, port)` parsed from the master record's services
-    /// (`stomp://` or `tcp://`); empty when there is no master. Changes are pushed the moment the
+    /// (`stomp://`, `tcp://`, or TLS `stomp+ssl://`; see [`master`](Self::master) for which is
+    /// which); empty when there is no master. Changes are pushed the moment the
     /// record changes; while ZooKeeper is unreachable the last known value stays.
     pub fn endpoints(&self) -> watch::Receiver<Vec<(String, u16)>> {
         self.shared.endpoints.clone()
@@ -252,10 +254,19 @@ fn registry_error(servers: &str, group: &str, e: RegistryError) -> ClientError {
     }
 }
 
-/// The broker endpoints of a master record: every service that parses as a `tcp://` or
-/// `stomp://` URL (an unbracketed IPv6 host, `stomp://::1:61613`, is accepted too); others are
-/// skipped with a warning.
+/// The broker endpoints of a master record as `(host, port)`: see [`dial_endpoints`].
 fn endpoints_of(record: Option<&MasterRecord>) -> Vec<(String, u16)> {
+    dial_endpoints(record)
+        .into_iter()
+        .map(|e| (e.host, e.port))
+        .collect()
+}
+
+/// The endpoints the failover transport dials for a master record: every service that parses
+/// as a `tcp://`, `stomp://` or (TLS) `stomp+ssl://`/`ssl://` URL (an unbracketed IPv6 host,
+/// `stomp://::1:61613`, is accepted too), in the record's order; others are skipped with a
+/// warning.
+pub(crate) fn dial_endpoints(record: Option<&MasterRecord>) -> Vec<Endpoint> {
     let Some(record) = record else {
         return Vec::new();
     };
@@ -272,17 +283,17 @@ fn endpoints_of(record: Option<&MasterRecord>) -> Vec<(String, u16)> {
         .collect()
 }
 
-fn parse_service(service: &str) -> Option<(String, u16)> {
+fn parse_service(service: &str) -> Option<Endpoint> {
     match service.parse::<BrokerUrl>() {
-        Ok(BrokerUrl::Tcp { host, port }) => Some((host, port)),
+        Ok(BrokerUrl::Tcp { host, port, tls }) => Some(Endpoint { host, port, tls }),
         Ok(_) => None,
         Err(_) => {
             // `stomp://::1:61613`: an IPv6 address written without brackets.
-            let (_, authority) = service.split_once("://")?;
+            let (scheme, authority) = service.split_once("://")?;
             let (host, port) = authority.rsplit_once(':')?;
             let host: std::net::Ipv6Addr = host.parse().ok()?;
-            match format!("tcp://[{host}]:{port}").parse::<BrokerUrl>() {
-                Ok(BrokerUrl::Tcp { host, port }) => Some((host, port)),
+            match format!("{scheme}://[{host}]:{port}").parse::<BrokerUrl>() {
+                Ok(BrokerUrl::Tcp { host, port, tls }) => Some(Endpoint { host, port, tls }),
                 _ => None,
             }
         }
@@ -498,6 +509,7 @@ mod tests {
             "http://x:1",
             "stomp://bad host:1",
             "stomp://h:0",
+            "stomp+ssl://127.0.0.1:61614",
         ]);
         assert_eq!(
             endpoints_of(Some(&r)),
@@ -506,8 +518,11 @@ mod tests {
                 ("broker-1.example.com".to_string(), 61614),
                 ("::1".to_string(), 5),
                 ("::1".to_string(), 6),
+                ("127.0.0.1".to_string(), 61614),
             ]
         );
+        let tls: Vec<bool> = dial_endpoints(Some(&r)).iter().map(|e| e.tls).collect();
+        assert_eq!(tls, vec![false, false, false, false, true]);
     }
 
     #[tokio::test]

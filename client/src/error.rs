@@ -104,6 +104,25 @@ pub enum ClientError {
         message: String,
     },
 
+    /// TLS could not be set up: an unreadable or unparsable CA, certificate or key file, or a
+    /// broker name that cannot be verified. Not retried by the failover transport at start-up.
+    #[error("TLS: {message}")]
+    Tls {
+        /// What went wrong (names the file or setting).
+        message: String,
+    },
+
+    /// The TLS handshake with the broker failed (untrusted or mismatched certificate, a
+    /// client certificate the broker refused, or a peer that does not speak TLS).
+    #[error("TLS handshake with {addr} failed")]
+    TlsHandshake {
+        /// `host:port` that was dialled.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// An I/O error on an established connection.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -43,8 +43,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use fabricmq_registry::MasterRecord;
 use fabricmq_stomp::Decoder;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
@@ -55,6 +55,7 @@ use crate::driver::{handshake, Driver, DriverLinks, Negotiated, Resume};
 use crate::error::ClientError;
 use crate::options::ConnectOptions;
 use crate::state::{fail_command, has_waiter, CloseReason, Command, ConnState};
+use crate::tls::{SocketRead, SocketWrite, Stream};
 use crate::url::FailoverOptions;
 
 /// Commands held while disconnected; past this the handles wait for room in
@@ -165,6 +166,8 @@ impl Policy {
 pub(crate) struct Endpoint {
     pub(crate) host: String,
     pub(crate) port: u16,
+    /// `ssl://`: STOMP over TLS.
+    pub(crate) tls: bool,
 }
 
 impl fmt::Display for Endpoint {
@@ -185,9 +188,9 @@ pub(crate) enum Source {
         randomize: bool,
         rng: u64,
     },
-    /// `discovery:fabric:<group>`: the master's endpoints, kept current.
+    /// `discovery:fabric:<group>`: the master's record (its endpoints), kept current.
     Watch {
-        rx: watch::Receiver<Vec<(String, u16)>>,
+        rx: watch::Receiver<Option<MasterRecord>>,
         /// Keeps the discovery (its registry session and watch) alive.
         _keep: Box<dyn Send + Sync>,
     },
@@ -206,7 +209,7 @@ impl Source {
 
     /// Endpoints pushed by a watch; `keep` is kept alive as long as the source.
     pub(crate) fn watched(
-        rx: watch::Receiver<Vec<(String, u16)>>,
+        rx: watch::Receiver<Option<MasterRecord>>,
         keep: Box<dyn Send + Sync>,
     ) -> Source {
         Source::Watch { rx, _keep: keep }
@@ -234,14 +237,9 @@ impl Source {
                 }
                 l
             }
-            Source::Watch { rx, .. } => rx
-                .borrow_and_update()
-                .iter()
-                .map(|(host, port)| Endpoint {
-                    host: host.clone(),
-                    port: *port,
-                })
-                .collect(),
+            Source::Watch { rx, .. } => {
+                crate::discovery::dial_endpoints(rx.borrow_and_update().as_ref())
+            }
         };
         if let Some(f) = failed {
             if let Some(pos) = list.iter().position(|e| e == f) {
@@ -273,8 +271,8 @@ impl Source {
         match self {
             Source::Static { .. } => false,
             Source::Watch { rx, .. } => {
-                let now = rx.borrow();
-                !now.is_empty() && !now.iter().any(|(h, p)| *h == ep.host && *p == ep.port)
+                let now = crate::discovery::dial_endpoints(rx.borrow().as_ref());
+                !now.is_empty() && !now.contains(ep)
             }
         }
     }
@@ -331,28 +329,34 @@ impl Shared {
 
 /// A handshaken connection.
 pub(crate) struct Established {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Stream,
     pub(crate) negotiated: Negotiated,
     pub(crate) decoder: Decoder,
     pub(crate) rbuf: BytesMut,
     pub(crate) endpoint: Endpoint,
 }
 
-/// Connects to `ep` over TCP and does the CONNECT/CONNECTED exchange, all
-/// within `opts.connect_timeout`.
+/// Connects to `ep` over TCP (and TLS for an `ssl://` endpoint) and does the
+/// CONNECT/CONNECTED exchange, all within `opts.connect_timeout`.
 ///
 /// # Cancel safety
 /// Cancel safe: dropping it closes the half-open socket.
 pub(crate) async fn dial(ep: &Endpoint, opts: &ConnectOptions) -> Result<Established, ClientError> {
     let after = opts.connect_timeout;
     let attempt = async {
-        let mut stream = TcpStream::connect((ep.host.as_str(), ep.port))
+        let tcp = TcpStream::connect((ep.host.as_str(), ep.port))
             .await
             .map_err(|source| ClientError::Connect {
                 addr: ep.to_string(),
                 source,
             })?;
-        stream.set_nodelay(true)?;
+        tcp.set_nodelay(true)?;
+        let mut stream = if ep.tls {
+            let tls = crate::tls::connect(tcp, &ep.host, &opts.tls, &ep.to_string()).await?;
+            Stream::Tls(Box::new(tls))
+        } else {
+            Stream::Plain(tcp)
+        };
         let (negotiated, decoder, rbuf) = handshake(&mut stream, &ep.host, opts).await?;
         Ok::<_, ClientError>((stream, negotiated, decoder, rbuf))
     };
@@ -365,6 +369,7 @@ pub(crate) async fn dial(ep: &Endpoint, opts: &ConnectOptions) -> Result<Establi
             })??;
     debug!(
         endpoint = %ep,
+        tls = ep.tls,
         version = negotiated.version.as_str(),
         server = negotiated.server.as_deref().unwrap_or(""),
         send_heart_beat = ?negotiated.send_every,
@@ -403,6 +408,10 @@ pub(crate) async fn connect_first(
                     error!(endpoint = %ep, error = %e, "authentication failed: not retrying");
                     return Err(e);
                 }
+                Err(e @ ClientError::Tls { .. }) => {
+                    error!(endpoint = %ep, error = %e, "unusable TLS settings: not retrying");
+                    return Err(e);
+                }
                 Err(e) => {
                     warn!(endpoint = %ep, error = %e, "cannot connect");
                     last = Some(e);
@@ -434,7 +443,7 @@ pub(crate) fn driver_for(
     state: ConnState,
     links: DriverLinks,
     disconnect_timeout: Duration,
-) -> (Driver<OwnedReadHalf, OwnedWriteHalf>, Negotiated) {
+) -> (Driver<SocketRead, SocketWrite>, Negotiated) {
     let (reader, writer) = est.stream.into_split();
     let driver = Driver::new(
         reader,
@@ -466,7 +475,7 @@ impl Task {
     /// or reconnecting gives up.
     pub(crate) async fn run(
         mut self,
-        mut driver: Driver<OwnedReadHalf, OwnedWriteHalf>,
+        mut driver: Driver<SocketRead, SocketWrite>,
         mut endpoint: Endpoint,
     ) {
         loop {
@@ -534,7 +543,7 @@ impl Task {
         resume: Resume,
         failed: &Endpoint,
         down_at: Instant,
-    ) -> Option<(Driver<OwnedReadHalf, OwnedWriteHalf>, Endpoint)> {
+    ) -> Option<(Driver<SocketRead, SocketWrite>, Endpoint)> {
         let Resume {
             mut state,
             mut links,
@@ -725,6 +734,7 @@ mod tests {
             .map(|p| Endpoint {
                 host: "h".into(),
                 port: p,
+                tls: false,
             })
             .collect();
         let mut s = Source::fixed(eps.clone(), false);
@@ -745,18 +755,37 @@ mod tests {
 
     #[tokio::test]
     async fn watched_source_moves_only_to_a_different_master() {
-        let (tx, rx) = watch::channel(vec![("a".to_owned(), 1u16)]);
+        let record = |services: &[&str]| {
+            Some(MasterRecord {
+                container: "c".into(),
+                epoch: 1,
+                services: services.iter().map(|s| s.to_string()).collect(),
+                since: 0,
+            })
+        };
+        let (tx, rx) = watch::channel(record(&["stomp://a:1"]));
         let mut s = Source::watched(rx, Box::new(()));
         let a = Endpoint {
             host: "a".into(),
             port: 1,
+            tls: false,
         };
         assert_eq!(s.candidates(None), vec![a.clone()]);
         assert!(!s.moved_away(&a));
-        tx.send_replace(vec![]);
+        tx.send_replace(None);
         s.changed().await;
         assert!(!s.moved_away(&a), "no master: stay");
-        tx.send_replace(vec![("b".to_owned(), 2)]);
+        tx.send_replace(record(&["stomp+ssl://a:1"]));
+        s.changed().await;
+        assert!(s.moved_away(&a), "same address, now TLS");
+        assert_eq!(
+            s.candidates(None),
+            vec![Endpoint {
+                tls: true,
+                ..a.clone()
+            }]
+        );
+        tx.send_replace(record(&["stomp://b:2"]));
         s.changed().await;
         assert!(s.moved_away(&a));
     }

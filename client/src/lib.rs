@@ -29,6 +29,9 @@
 //! * `failover`: the failover transport under `failover:(...)` and
 //!   `discovery:fabric:` URLs: reconnect with back-off, replay of the
 //!   session, client-side de-duplication, [`ConnectionEvent`]s.
+//! * `tls`: `ssl://` connections (rustls, ring provider): the trust store and
+//!   client certificate of [`TlsOptions`], and the plain-or-TLS socket halves
+//!   the driver runs on.
 //!
 //! Outgoing frames are written straight into the connection's write buffer
 //! with the codec's [`fabricmq_stomp::FrameWriter`] (no per-message `Frame`
@@ -56,6 +59,7 @@ mod failover;
 mod message;
 mod options;
 mod state;
+mod tls;
 pub mod url;
 
 pub use connection::{Connection, ReceiptFuture, Subscription, Transaction};
@@ -64,6 +68,6 @@ pub use error::ClientError;
 pub use fabricmq_stomp::Version;
 pub use failover::ConnectionEvent;
 pub use message::{Message, Outgoing};
-pub use options::{AckMode, ConnectOptions, ParseAckModeError, SubscribeOptions};
+pub use options::{AckMode, ConnectOptions, ParseAckModeError, SubscribeOptions, TlsOptions};
 pub use url::FailoverOptions;
 pub use url::{BrokerUrl, Destination, UrlError, DEFAULT_STOMP_PORT};

@@ -1,10 +1,11 @@
 //! Knobs for connecting and subscribing.
 //!
-//! This module owns [`ConnectOptions`] (credentials, heart-beats, timeouts),
+//! This module owns [`ConnectOptions`] (credentials, heart-beats, timeouts, TLS trust),
 //! [`AckMode`] and [`SubscribeOptions`]. They are plain data: nothing here
 //! touches the network.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -29,6 +30,25 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// The `host` header (the broker's virtual host). Default: the URL's host.
     pub virtual_host: Option<String>,
+    /// Trust and client-certificate settings for `ssl://` (`stomp+ssl://`) brokers.
+    pub tls: TlsOptions,
+}
+
+/// TLS settings for `ssl://` and `stomp+ssl://` URLs (also inside `failover:(...)` and from a
+/// discovery master record). Files are PEM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// CA certificates trusted to sign the broker's certificate. When `None`: the file named by
+    /// the `FABRIC_TLS_CA` environment variable, else the system bundle
+    /// (`/etc/ssl/certs/ca-certificates.crt`).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain for brokers that require client certificates (with
+    /// [`key_file`](Self::key_file)).
+    pub cert_file: Option<PathBuf>,
+    /// Private key of [`cert_file`](Self::cert_file).
+    pub key_file: Option<PathBuf>,
+    /// Name to verify the broker's certificate against instead of the URL's host.
+    pub server_name: Option<String>,
 }
 
 impl Default for ConnectOptions {
@@ -40,6 +60,7 @@ impl Default for ConnectOptions {
             heart_beat: (Duration::from_secs(10), Duration::from_secs(10)),
             connect_timeout: Duration::from_secs(10),
             virtual_host: None,
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -53,6 +74,7 @@ impl fmt::Debug for ConnectOptions {
             .field("heart_beat", &self.heart_beat)
             .field("connect_timeout", &self.connect_timeout)
             .field("virtual_host", &self.virtual_host)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -5,6 +5,8 @@
 //!
 //! * [`BrokerUrl`]: where the broker is. Three forms:
 //!   * `tcp://host:port` / `stomp://host:port`: one broker;
+//!   * `ssl://host:port` / `stomp+ssl://host:port`: one broker over TLS (trust settings in
+//!     [`ConnectOptions::tls`](crate::ConnectOptions::tls));
 //!   * `failover:(tcp://a:61613,tcp://b:61613)?options`: a list of brokers the
 //!     client reconnects among (ActiveMQ's failover transport);
 //!   * `discovery:fabric:<group>?zk=host:port&options`: the current master of a
@@ -33,12 +35,14 @@ pub const DEFAULT_STOMP_PORT: u16 = 61613;
 /// Parsing rules for `tcp://host:port` and `stomp://host:port` (the same
 /// thing: STOMP over TCP):
 /// * the scheme is case-insensitive (`TCP://` is accepted);
+/// * `ssl://host:port` and `stomp+ssl://host:port` are the same over TLS
+///   ([`BrokerUrl::Tcp`] with `tls` set; printed as `ssl://`);
 /// * IPv6 literals are written in brackets: `tcp://[::1]:61613`;
 /// * the port may be omitted and defaults to [`DEFAULT_STOMP_PORT`];
 /// * user info, paths and query strings are rejected (they would be silently
 ///   ignored otherwise).
 ///
-/// `failover:(url,url,...)?options` lists `tcp://`/`stomp://` URLs (the
+/// `failover:(url,url,...)?options` lists `tcp://`/`stomp://`/`ssl://` URLs (the
 /// parentheses may be left out when there are no options, `failover:` may be
 /// written `failover://`); `discovery:fabric:<group>?zk=...&zkRoot=...&options`
 /// (also `discovery:(fabric:<group>)?...`, fabric8's spelling) names a fabric
@@ -52,12 +56,15 @@ pub const DEFAULT_STOMP_PORT: u16 = 61613;
 /// defaults, in a fixed order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BrokerUrl {
-    /// STOMP over a plain TCP connection (`tcp://host:port` or `stomp://host:port`).
+    /// STOMP over a TCP connection (`tcp://host:port` or `stomp://host:port`), or over TLS
+    /// (`ssl://host:port` or `stomp+ssl://host:port`).
     Tcp {
         /// Host name or IP address (IPv6 without the brackets).
         host: String,
         /// TCP port.
         port: u16,
+        /// STOMP over TLS.
+        tls: bool,
     },
     /// `failover:(url,url,...)?options`: reconnect among a fixed list of brokers.
     Failover {
@@ -257,7 +264,7 @@ impl BrokerUrl {
     /// discovery URL.
     pub fn authority(&self) -> String {
         match self {
-            BrokerUrl::Tcp { host, port } => format_authority(host, *port),
+            BrokerUrl::Tcp { host, port, .. } => format_authority(host, *port),
             BrokerUrl::Failover { urls, .. } => urls
                 .iter()
                 .map(BrokerUrl::authority)
@@ -321,14 +328,14 @@ pub enum UrlError {
     #[error("empty broker URL")]
     Empty,
     /// There is no `scheme://` prefix.
-    #[error("missing scheme in broker URL '{url}': expected tcp://host:port, stomp://host:port, failover:(...) or discovery:fabric:<group>")]
+    #[error("missing scheme in broker URL '{url}': expected tcp://host:port, stomp://host:port, ssl://host:port, failover:(...) or discovery:fabric:<group>")]
     MissingScheme {
         /// The whole input.
         url: String,
     },
     /// The scheme is not one this client speaks.
     #[error(
-        "unsupported scheme '{scheme}' in broker URL: expected tcp, stomp, failover or discovery"
+        "unsupported scheme '{scheme}' in broker URL: expected tcp, stomp, ssl, stomp+ssl, failover or discovery"
     )]
     UnsupportedScheme {
         /// The scheme as written.
@@ -394,7 +401,7 @@ pub enum UrlError {
         reason: Box<UrlError>,
     },
     /// A failover list holds a failover or discovery URL.
-    #[error("broker #{position} '{url}' in failover list: only tcp:// and stomp:// URLs may be listed (no nested failover or discovery)")]
+    #[error("broker #{position} '{url}' in failover list: only tcp://, stomp:// and ssl:// URLs may be listed (no nested failover or discovery)")]
     NestedFailover {
         /// 1-based position in the list.
         position: usize,
@@ -488,7 +495,8 @@ impl FromStr for BrokerUrl {
     }
 }
 
-/// `tcp://host:port` / `stomp://host:port` (`input` is trimmed and non-empty).
+/// `tcp://host:port` / `stomp://host:port` / `ssl://host:port` / `stomp+ssl://host:port`
+/// (`input` is trimmed and non-empty).
 fn parse_tcp(input: &str) -> Result<BrokerUrl, UrlError> {
     let Some((scheme, rest)) = input.split_once("://") else {
         return Err(UrlError::MissingScheme {
@@ -500,7 +508,8 @@ fn parse_tcp(input: &str) -> Result<BrokerUrl, UrlError> {
             url: input.to_owned(),
         });
     }
-    if !(scheme.eq_ignore_ascii_case("tcp") || scheme.eq_ignore_ascii_case("stomp")) {
+    let tls = scheme.eq_ignore_ascii_case("ssl") || scheme.eq_ignore_ascii_case("stomp+ssl");
+    if !(tls || scheme.eq_ignore_ascii_case("tcp") || scheme.eq_ignore_ascii_case("stomp")) {
         return Err(UrlError::UnsupportedScheme {
             scheme: scheme.to_owned(),
         });
@@ -570,6 +579,7 @@ fn parse_tcp(input: &str) -> Result<BrokerUrl, UrlError> {
     Ok(BrokerUrl::Tcp {
         host: host.to_owned(),
         port,
+        tls,
     })
 }
 
@@ -967,11 +977,12 @@ fn write_query(f: &mut fmt::Formatter<'_>, pairs: &[(&str, String)]) -> fmt::Res
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            BrokerUrl::Tcp { host, port } => {
+            BrokerUrl::Tcp { host, port, tls } => {
+                let scheme = if *tls { "ssl" } else { "tcp" };
                 if host.contains(':') {
-                    write!(f, "tcp://[{host}]:{port}")
+                    write!(f, "{scheme}://[{host}]:{port}")
                 } else {
-                    write!(f, "tcp://{host}:{port}")
+                    write!(f, "{scheme}://{host}:{port}")
                 }
             }
             BrokerUrl::Failover { urls, options } => {
@@ -1112,6 +1123,15 @@ mod tests {
         BrokerUrl::Tcp {
             host: host.to_owned(),
             port,
+            tls: false,
+        }
+    }
+
+    fn ssl(host: &str, port: u16) -> BrokerUrl {
+        BrokerUrl::Tcp {
+            host: host.to_owned(),
+            port,
+            tls: true,
         }
     }
 
@@ -1129,6 +1149,9 @@ mod tests {
             ("tcp://[fe80::1]", tcp("fe80::1", DEFAULT_STOMP_PORT)),
             ("tcp://localhost", tcp("localhost", DEFAULT_STOMP_PORT)),
             ("  tcp://host_1:5/  ", tcp("host_1", 5)),
+            ("ssl://localhost:61614", ssl("localhost", 61614)),
+            ("stomp+ssl://127.0.0.1:61614", ssl("127.0.0.1", 61614)),
+            ("SSL://[::1]", ssl("::1", DEFAULT_STOMP_PORT)),
         ];
         for (input, want) in cases {
             assert_eq!(input.parse::<BrokerUrl>(), Ok(want), "{input}");
@@ -1170,11 +1193,11 @@ mod tests {
                 "'http'",
             ),
             (
-                "ssl://h:1",
+                "tls://h:1",
                 UrlError::UnsupportedScheme {
-                    scheme: "ssl".into(),
+                    scheme: "tls".into(),
                 },
-                "'ssl'",
+                "'tls'",
             ),
             (
                 "tcp://:61613",

@@ -11,6 +11,7 @@ fn tcp(host: &str, port: u16) -> BrokerUrl {
     BrokerUrl::Tcp {
         host: host.to_owned(),
         port,
+        tls: false,
     }
 }
 
@@ -91,7 +92,7 @@ fn host() -> impl Strategy<Value = String> {
 }
 
 fn tcp_url() -> impl Strategy<Value = BrokerUrl> {
-    (host(), 1u16..).prop_map(|(host, port)| BrokerUrl::Tcp { host, port })
+    (host(), 1u16.., any::<bool>()).prop_map(|(host, port, tls)| BrokerUrl::Tcp { host, port, tls })
 }
 
 fn options() -> impl Strategy<Value = FailoverOptions> {

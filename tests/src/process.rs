@@ -314,6 +314,64 @@ impl BrokerProcess {
         let log = self.log_text();
         assert!(!log.contains("panicked at"), "broker panicked:\n{log}");
     }
+
+    /// The address of the broker's HTTP admin endpoint, as its ready file (standalone) or state
+    /// file (fabric) reports it; `None` when it has none (disabled, or the default port was
+    /// taken). Start the broker with `--admin-listen 127.0.0.1:0` to get a free port.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        let read = |path: &Path| -> Option<serde_json::Value> {
+            serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+        };
+        let v = match &self.state {
+            Some(state) => read(state)?,
+            None => {
+                // The ready file of this process (a work directory may hold earlier runs').
+                let pid = u64::from(self.pid()?);
+                std::fs::read_dir(self._work.path())
+                    .ok()?
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("ready-") && n.ends_with(".json"))
+                    })
+                    .filter_map(|p| read(&p))
+                    .find(|v| v["pid"].as_u64() == Some(pid))?
+            }
+        };
+        v["admin"].as_str()?.parse().ok()
+    }
+
+    /// Standalone: every listener URL this process wrote to its ready file (`stomp://ADDR`,
+    /// `stomp+ssl://ADDR`), in the order of its `--listen` flags; empty before it listens.
+    pub fn ready_listeners(&self) -> Vec<String> {
+        let Some(pid) = self.pid().map(u64::from) else {
+            return Vec::new();
+        };
+        let Ok(dir) = std::fs::read_dir(self._work.path()) else {
+            return Vec::new();
+        };
+        dir.filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("ready-") && n.ends_with(".json"))
+            })
+            .filter_map(|p| {
+                serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(p).ok()?).ok()
+            })
+            .find(|v| v["pid"].as_u64() == Some(pid))
+            .and_then(|v| {
+                v["listeners"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for BrokerProcess {

@@ -52,7 +52,8 @@ pub struct ConnectionArgs {
     /// option names: initialReconnectDelay, maxReconnectDelay, useExponentialBackOff,
     /// backOffMultiplier, maxReconnectAttempts, startupMaxReconnectAttempts, randomize, timeout);
     /// `discovery:fabric:<group>?zk=host:port&zkRoot=/fabric&options` to follow the master of a
-    /// fabric group (ZooKeeper from `zk=`, else `--zk` / FABRIC_ZK).
+    /// fabric group (ZooKeeper from `zk=`, else `--zk` / FABRIC_ZK). `ssl://host:port` (or
+    /// `stomp+ssl://`) speaks TLS, also inside failover:(...); see --tls-ca.
     #[arg(
         long = "brokerUrl",
         value_name = "URL",
@@ -85,6 +86,20 @@ pub struct ConnectionArgs {
     /// Ignored by the other URL forms.
     #[arg(long, value_name = "HOST:PORT", env = "FABRIC_ZK")]
     pub zk: Option<String>,
+
+    /// CA certificates (PEM) trusted to sign the broker's certificate for `ssl://` URLs
+    /// (default: the system bundle).
+    #[arg(long = "tls-ca", value_name = "FILE", env = "FABRIC_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// Client certificate chain (PEM) for brokers that require client certificates (with
+    /// --tls-key).
+    #[arg(long = "tls-cert", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long = "tls-key", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl ConnectionArgs {
@@ -111,6 +126,9 @@ impl fmt::Debug for ConnectionArgs {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("client_id", &self.client_id)
             .field("zk", &self.zk)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
             .finish()
     }
 }

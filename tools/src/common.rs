@@ -23,6 +23,12 @@ pub fn connect_options(args: &ConnectionArgs, client_id: Option<String>) -> Conn
         login: args.user.clone(),
         passcode: args.password.clone(),
         client_id,
+        tls: fabricmq_client::TlsOptions {
+            ca_file: args.tls_ca.clone(),
+            cert_file: args.tls_cert.clone(),
+            key_file: args.tls_key.clone(),
+            server_name: None,
+        },
         ..ConnectOptions::default()
     }
 }

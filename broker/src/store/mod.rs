@@ -246,6 +246,7 @@ mod fence;
 mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod histogram;
 mod recovery;
 mod state;
 mod writer;
@@ -810,6 +811,10 @@ struct Shared {
     epoch: u64,
     /// Set when the writer entered the fenced state.
     fenced: AtomicBool,
+    /// Latency of the group-commit fdatasyncs, in microseconds (admin endpoint).
+    fsync_micros: histogram::Histogram,
+    /// Records made durable per group-commit fdatasync (admin endpoint).
+    batch_records: histogram::Histogram,
 }
 
 /// Locks a mutex, ignoring poisoning (the protected data stays consistent:
@@ -1149,6 +1154,8 @@ impl Journal {
             drained: tokio::sync::Notify::new(),
             epoch,
             fenced: AtomicBool::new(false),
+            fsync_micros: histogram::Histogram::new(histogram::FSYNC_MICROS_BOUNDS),
+            batch_records: histogram::Histogram::new(histogram::BATCH_RECORDS_BOUNDS),
         });
         let mut writer = Writer::new(
             shared.clone(),
@@ -1519,6 +1526,16 @@ impl Journal {
     /// the store afresh, e.g. a fabric master steps down).
     pub fn has_failed(&self) -> bool {
         self.inner.shared.stats.failed.load(Ordering::Relaxed)
+    }
+
+    /// Latency of the group-commit fdatasyncs since open, in microseconds.
+    pub fn fsync_latency(&self) -> histogram::HistogramSnapshot {
+        self.inner.shared.fsync_micros.snapshot()
+    }
+
+    /// Records made durable per group-commit fdatasync since open.
+    pub fn batch_sizes(&self) -> histogram::HistogramSnapshot {
+        self.inner.shared.batch_records.snapshot()
     }
 
     /// The epoch the journal was opened with ([`JournalConfig::epoch`]; 0 =

@@ -367,9 +367,13 @@ impl Writer {
     /// created since the last one).
     fn sync(&mut self) -> Result<(), StoreError> {
         let a = &self.active;
+        let started = Instant::now();
         a.file
             .sync_data()
             .map_err(io_err("fdatasync segment", &a.path))?;
+        self.shared
+            .fsync_micros
+            .observe(started.elapsed().as_micros() as u64);
         if self.dir_dirty {
             self.dir_file
                 .sync_all()
@@ -393,6 +397,9 @@ impl Writer {
         stats
             .last_batch_records
             .store(self.records_since_sync, Ordering::Relaxed);
+        if self.records_since_sync > 0 {
+            self.shared.batch_records.observe(self.records_since_sync);
+        }
         self.records_since_sync = 0;
     }
 
