@@ -23,23 +23,29 @@ cargo build --release --locked --bins -q
 echo "==> ZooKeeper on 127.0.0.1:$ZK_PORT and the group 'default' (broker1, broker2)"
 deploy/fabric-dev.sh start 2 >/dev/null
 zk="127.0.0.1:$ZK_PORT"
-master_of() { python3 - "$FABRIC_DIR" <<'PY'
-import json, glob, sys
-for f in sorted(glob.glob(sys.argv[1] + "/broker*.state")):
-    try:
-        s = json.load(open(f))
-    except Exception:
-        continue
-    if s.get("role") == "master" and s.get("listeners"):
-        print(f.rsplit("/", 1)[1].split(".")[0], s["listeners"][0].replace("stomp://", "tcp://"))
+# The container reporting master with the highest epoch, other than "$1" (a killed master's state
+# file still says master). Polls for up to 20 s in one process.
+wait_master() { python3 - "$FABRIC_DIR" "${1:-}" <<'PY'
+import json, glob, sys, time
+deadline = time.time() + 20
+while time.time() < deadline:
+    best = None
+    for f in glob.glob(sys.argv[1] + "/broker*.state"):
+        name = f.rsplit("/", 1)[1].split(".")[0]
+        try:
+            s = json.load(open(f))
+        except Exception:
+            continue
+        if name != sys.argv[2] and s.get("role") == "master" and s.get("listeners"):
+            if best is None or (s.get("epoch") or 0) > best[0]:
+                best = (s.get("epoch") or 0, name, s["listeners"][0].replace("stomp://", "tcp://"))
+    if best:
+        print(best[1], best[2])
+        sys.exit(0)
+    time.sleep(0.01)
+print("no master", file=sys.stderr)
+sys.exit(1)
 PY
-}
-wait_master() {
-  for _ in $(seq 400); do
-    m="$(master_of)"; [ -n "$m" ] && [ "${m%% *}" != "${1:-}" ] && { echo "$m"; return; }
-    sleep 0.025
-  done
-  echo "no master" >&2; exit 1
 }
 read -r master url <<<"$(wait_master)"
 "$BIN/mq-fabric" --zk "$zk" cluster-list
