@@ -64,7 +64,9 @@ case "${1:-}" in
       --containers "$n" --listen "stomp://127.0.0.1:$stomp_port" --data "$dir/shared" 2>/dev/null \
       || "$bin/mq-fabric" --zk "$zk" profile edit dev --containers "$n" --data "$dir/shared"
     for i in $(seq "$n"); do
+      # Each container gets its own admin endpoint on a free port (see `status`).
       "$bin/mq-broker" --zk "$zk" --profile dev --container "broker$i" \
+        --admin-listen 127.0.0.1:0 \
         --state-file "$dir/broker$i.state" >"$dir/broker$i.log" 2>&1 &
       echo $! >"$dir/broker$i.pid"
     done
@@ -77,6 +79,15 @@ case "${1:-}" in
   status)
     "$bin/mq-fabric" --zk "$zk" cluster-list
     "$bin/mq-fabric" --zk "$zk" container list
+    python3 - "$dir" <<'PY'
+import glob, json, os, sys
+for f in sorted(glob.glob(os.path.join(sys.argv[1], "broker*.state"))):
+    s = json.load(open(f))
+    name = os.path.basename(f)[: -len(".state")]
+    admin = s.get("admin")
+    where = "admin http://%s/health" % admin if admin else "no admin endpoint"
+    print("%s: %s, %s" % (name, s.get("role"), where))
+PY
     ;;
   stop)
     for f in "$dir"/broker*.pid "$dir/zk/pid"; do
