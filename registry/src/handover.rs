@@ -3,7 +3,7 @@
 
 use crate::error::RegistryError;
 use crate::layout::HandoverRequest;
-use crate::session::{encode, Registry, PERSISTENT};
+use crate::session::{encode, Registry};
 
 impl Registry {
     /// Stores `request` as the group's pending hand-over, replacing any older one.
@@ -14,22 +14,7 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let path = self.group_paths(group)?.handover();
         let data = encode(&path, request)?;
-        loop {
-            let client = self.client()?;
-            match self
-                .timed("set", &path, client.set_data(&path, &data, None))
-                .await
-            {
-                Ok(_) => break,
-                Err(RegistryError::NoNode { .. }) => {}
-                Err(e) => return Err(e),
-            }
-            match self.create_with_parents(&path, &data, &PERSISTENT).await {
-                Ok(_) => break,
-                Err(RegistryError::NodeExists { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        self.put_persistent(&path, &data).await?;
         tracing::info!(%group, from = %request.from, to = ?request.to, "hand-over requested");
         Ok(())
     }

@@ -25,23 +25,7 @@ impl Registry {
     pub async fn put_profile(&self, p: &Profile) -> Result<(), RegistryError> {
         let path = self.profile_path(&p.name)?;
         let data = encode(&path, p)?;
-        loop {
-            let client = self.client()?;
-            match self
-                .timed("set", &path, client.set_data(&path, &data, None))
-                .await
-            {
-                Ok(_) => break,
-                Err(RegistryError::NoNode { .. }) => {}
-                Err(e) => return Err(e),
-            }
-            match self.create_with_parents(&path, &data, &PERSISTENT).await {
-                Ok(_) => break,
-                // Created by someone else in between: overwrite it.
-                Err(RegistryError::NodeExists { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        self.put_persistent(&path, &data).await?;
         tracing::info!(profile = %p.name, "stored profile");
         Ok(())
     }

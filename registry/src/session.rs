@@ -376,6 +376,31 @@ impl Registry {
         }
     }
 
+    /// Writes `data` to the persistent node `path`, creating it (and missing parents) if needed;
+    /// a node created by someone else in between is overwritten.
+    pub(crate) async fn put_persistent(
+        &self,
+        path: &str,
+        data: &[u8],
+    ) -> Result<(), RegistryError> {
+        loop {
+            let client = self.client()?;
+            match self
+                .timed("set", path, client.set_data(path, data, None))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(RegistryError::NoNode { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            match self.create_with_parents(path, data, &PERSISTENT).await {
+                Ok(_) => return Ok(()),
+                Err(RegistryError::NodeExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Deletes a node (any version). `NoNode` is an error here.
     pub(crate) async fn delete(
         &self,

@@ -812,16 +812,14 @@ async fn fill_disk(path: &Path) -> anyhow::Result<u64> {
             match f.write(&chunk) {
                 Ok(0) => return Ok(written),
                 Ok(n) => written += n as u64,
-                Err(e) if e.raw_os_error() == Some(libc_enospc()) => return Ok(written),
+                Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) => {
+                    return Ok(written)
+                }
                 Err(e) => return Err(e.into()),
             }
         }
     })
     .await?
-}
-
-fn libc_enospc() -> i32 {
-    nix::errno::Errno::ENOSPC as i32
 }
 
 /// Runs the workload on its own thread and runtime, every thread of which joins the clients'

@@ -216,18 +216,16 @@ pub fn check(events: &[Event]) -> Report {
     r.duplicates = delivered.values().map(|n| n - 1).sum();
     r.duplicate_examples = dups.into_iter().take(10).collect();
 
-    // Order: per (consumer, producer), first deliveries must rise.
+    // In time order: a later copy without `redelivered` is an unflagged duplicate; per
+    // (consumer, producer), first deliveries must rise.
     deliveries.sort_by_key(|d| d.0);
-    let mut first_seen: HashSet<(&str, u64)> = HashSet::new();
-    for (_, _, p, seq, redelivered) in &deliveries {
-        if !first_seen.insert((p, *seq)) && !*redelivered {
-            r.unflagged_duplicates += 1;
-        }
-    }
     let mut high: HashMap<(&str, &str), u64> = HashMap::new();
     let mut seen: HashSet<(&str, u64)> = HashSet::new();
     for (_, c, p, seq, redelivered) in &deliveries {
         let first = seen.insert((p, *seq));
+        if !first && !*redelivered {
+            r.unflagged_duplicates += 1;
+        }
         if !first || *redelivered {
             continue;
         }

@@ -48,25 +48,15 @@ pub struct Net {
 
 /// Runs `ip` with `args`; fails with its stderr.
 pub fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (Debian package iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    ip_out(args).map(drop)
 }
 
+/// Runs `ip` with `args` and returns its stdout; fails with its stderr.
 fn ip_out(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("ip")
         .args(args)
         .output()
-        .context("running ip")?;
+        .context("running ip (Debian package iproute2)")?;
     if !out.status.success() {
         bail!(
             "ip {}: {}",
