@@ -751,10 +751,26 @@ fn encode_broker(f: &mut Family<'_, '_>, b: &Broker) -> std::fmt::Result {
         "SENDs acknowledged but not enqueued again (producer id and sequence already seen).",
         s.duplicates_dropped.load(Ordering::Relaxed),
     )?;
+    let (producer_ids, evicted, expired) = b.producer_ids();
     f.gauge(
         "fabricmq_producer_ids",
-        "Producer ids in the de-duplication table.",
-        b.producer_ids() as u64,
+        "Producer ids (per user) in the de-duplication table.",
+        producer_ids as u64,
+    )?;
+    f.gauge(
+        "fabricmq_producer_ids_limit_per_user",
+        "producers.max_per_user: past it a user's least recently used producer id is forgotten.",
+        b.config.producers.max_per_user as u64,
+    )?;
+    f.counter(
+        "fabricmq_producer_ids_evicted",
+        "Producer ids forgotten because their user had producers.max_per_user ids.",
+        evicted,
+    )?;
+    f.counter(
+        "fabricmq_producer_ids_expired",
+        "Producer ids forgotten after producers.idle_expiry without a SEND.",
+        expired,
     )?;
     f.gauge(
         "fabricmq_memory_used_bytes",

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -15,7 +16,16 @@ use crate::auth::Authenticator;
 use crate::config::BrokerConfig;
 use crate::destination::{Effects, Queue, QueueContext, Topic};
 use crate::message::{now_ms, Message};
+use crate::producers::ProducerTable;
 use crate::store::{Journal, Op, ProducerSeq, Recovered};
+
+/// Journals the removal of de-duplication entries the table forgot (lazily: until it is on disk
+/// the journal keeps an entry, which only errs on the safe side).
+fn forget_producers(journal: &Journal, keys: Vec<String>) {
+    if !keys.is_empty() {
+        journal.append_lazy(keys.into_iter().map(|key| Op::Forget { key }).collect());
+    }
+}
 
 /// Bytes of message bodies held in memory, against a limit.
 ///
@@ -79,14 +89,7 @@ pub struct BrokerStats {
     pub duplicates_dropped: AtomicU64,
 }
 
-/// Outcome of the de-duplication check for one SEND.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dedup {
-    /// First time: accept.
-    New,
-    /// Already accepted before: acknowledge without enqueueing again.
-    Duplicate,
-}
+pub use crate::producers::Dedup;
 
 /// Shared broker state.
 pub struct Broker {
@@ -107,8 +110,9 @@ pub struct Broker {
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     next_id: AtomicU64,
     next_conn: AtomicU64,
-    /// Highest sequence accepted per producer id. Never held across an `.await`.
-    producers: Mutex<HashMap<String, u64>>,
+    /// Highest sequence accepted per (user, producer id), bounded. Never held across an
+    /// `.await`.
+    producers: Mutex<ProducerTable>,
 }
 
 impl Broker {
@@ -123,6 +127,14 @@ impl Broker {
         shutdown: CancellationToken,
     ) -> Arc<Broker> {
         let memory = Arc::new(MemoryBudget::new(config.limits.max_memory.0));
+        let mut forgotten = Vec::new();
+        let producers = ProducerTable::recovered(
+            &config.producers,
+            recovered.producers,
+            Instant::now(),
+            &mut forgotten,
+        );
+        forget_producers(&journal, forgotten);
         let ctx = Arc::new(QueueContext {
             journal: journal.clone(),
             temp,
@@ -140,7 +152,7 @@ impl Broker {
             topics: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(recovered.next_id.max(1)),
             next_conn: AtomicU64::new(1),
-            producers: Mutex::new(recovered.producers),
+            producers: Mutex::new(producers),
         });
         // Rebuild queues in journal order, grouping consecutive messages per queue.
         let mut by_queue: HashMap<String, Vec<Arc<Message>>> = HashMap::new();
@@ -263,36 +275,32 @@ impl Broker {
             .collect()
     }
 
-    /// Producer ids in the de-duplication table (every id seen since the store was created).
-    pub fn producer_ids(&self) -> usize {
-        self.producers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+    /// Producer ids in the de-duplication table, and how many were forgotten since start
+    /// because their user's table was full or because they were idle: `(ids, evicted, expired)`.
+    pub fn producer_ids(&self) -> (usize, u64, u64) {
+        let t = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+        (t.len(), t.evicted(), t.expired())
     }
 
-    /// Checks and records a producer's sequence number. Sequences are per producer id and must
-    /// increase; anything at or below the highest accepted one is a duplicate (a re-send after a
-    /// lost receipt or a failover).
+    /// Checks and records a producer's sequence number. Sequences are per (user, producer id)
+    /// and must increase; anything at or below the highest accepted one is a duplicate (a
+    /// re-send after a lost receipt or a failover). Ids the bounded table forgets on the way are
+    /// journaled as forgotten (see [`crate::producers`]).
     pub fn dedup(&self, producer: Option<&ProducerSeq>) -> Dedup {
         let Some(p) = producer else { return Dedup::New };
-        let mut map = self.producers.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get_mut(&p.producer) {
-            Some(high) if p.seq <= *high => {
-                self.stats
-                    .duplicates_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-                Dedup::Duplicate
-            }
-            Some(high) => {
-                *high = p.seq;
-                Dedup::New
-            }
-            None => {
-                map.insert(p.producer.clone(), p.seq);
-                Dedup::New
-            }
+        let mut forgotten = Vec::new();
+        let verdict = self
+            .producers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(&p.user, &p.producer, p.seq, Instant::now(), &mut forgotten);
+        forget_producers(&self.journal, forgotten);
+        if verdict == Dedup::Duplicate {
+            self.stats
+                .duplicates_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
+        verdict
     }
 
     /// Accounts a new queue message's body against the memory budget. Past the budget the body

@@ -353,6 +353,47 @@ pub struct AuthSettings {
     pub allow_anonymous: bool,
 }
 
+// ---- [producers]: the de-duplication table (see crate::producers) ----
+
+/// Bounds of the producer de-duplication table (`[producers]`). Producer ids are scoped to the
+/// authenticated user; see [`crate::producers`] for the pruning rule and the guarantee it keeps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProducerSettings {
+    /// Longest `producer-id` header accepted; a longer one gets an ERROR naming this key.
+    pub max_id_bytes: usize,
+    /// Most producer ids remembered per user; past it the user's least recently used id is
+    /// forgotten (counted in `fabricmq_producer_ids_evicted_total`).
+    pub max_per_user: usize,
+    /// A producer id that sent nothing for this long is forgotten (`"0s"` = never; the per-user
+    /// count still bounds the table).
+    pub idle_expiry: HumanDuration,
+}
+
+impl Default for ProducerSettings {
+    fn default() -> Self {
+        ProducerSettings {
+            max_id_bytes: 256,
+            max_per_user: 10_000,
+            idle_expiry: HumanDuration(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+impl ProducerSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=4096).contains(&self.max_id_bytes) {
+            return Err(invalid("producers.max_id_bytes", "must be 1 to 4096"));
+        }
+        if !(1..=10_000_000).contains(&self.max_per_user) {
+            return Err(invalid("producers.max_per_user", "must be 1 to 10000000"));
+        }
+        Ok(())
+    }
+}
+
+// ---- end of [producers] ----
+
 // ---- [admin]: the HTTP admin endpoint (see crate::admin) ----
 
 /// Where the admin endpoint listens when `[admin] listen` is not set: loopback only (ActiveMQ's
@@ -577,6 +618,8 @@ pub struct BrokerConfig {
     pub journal: JournalSettings,
     /// Authentication.
     pub auth: AuthSettings,
+    /// The producer de-duplication table (`[producers]`).
+    pub producers: ProducerSettings,
     /// The HTTP admin endpoint (`[admin]`).
     pub admin: AdminSettings,
     /// TLS for `stomp+ssl://` listeners (`[tls]`).
@@ -603,6 +646,7 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             journal: JournalSettings::default(),
             auth: AuthSettings::default(),
+            producers: ProducerSettings::default(),
             admin: AdminSettings::default(),
             tls: TlsSettings::default(),
             destinations: Destinations::default(),
@@ -678,6 +722,7 @@ impl BrokerConfig {
         if self.journal.segment_bytes.0 < (1 << 20) {
             return Err(invalid("journal.segment_bytes", "must be at least 1MiB"));
         }
+        self.producers.validate()?;
         self.admin.resolve()?;
         self.validate_tls()?;
         self.authz = crate::authz::Authorization::compile(&self.authorization)

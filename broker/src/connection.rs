@@ -405,6 +405,8 @@ struct Conn {
     decoder: Decoder,
     version: Version,
     principal: Option<Principal>,
+    /// The authenticated user as the scope of its producer ids (shared by every SEND).
+    producer_scope: Arc<str>,
     outbox: Outbox,
     outbox_rx: mpsc::UnboundedReceiver<Outbound>,
     subs: HashMap<String, Subscription>,
@@ -467,6 +469,7 @@ impl Conn {
             decoder: Decoder::new(limits),
             version: Version::V1_2,
             principal: None,
+            producer_scope: Arc::from(""),
             outbox: Outbox {
                 tx,
                 pending: Arc::new(AtomicU64::new(0)),
@@ -806,6 +809,7 @@ impl Conn {
         }
         self.push_frame(&connected);
         debug!(version = version.as_str(), send_ms, expect_ms, "connected");
+        self.producer_scope = Arc::from(principal.user.as_str());
         self.principal = Some(principal);
         true
     }
@@ -928,11 +932,23 @@ impl Conn {
         };
         let producer = match (f.get("producer-id"), f.get("producer-seq")) {
             (None, None) => None,
+            (Some(id), Some(_)) if id.len() > self.broker.config.producers.max_id_bytes => {
+                return Err(ConnError::new(
+                    "producer-id too long",
+                    format!(
+                        "producer-id of {} bytes exceeds producers.max_id_bytes ({})",
+                        id.len(),
+                        self.broker.config.producers.max_id_bytes
+                    ),
+                )
+                .with_receipt(f))
+            }
             (Some(id), Some(seq)) if !id.is_empty() => Some(ProducerSeq {
                 producer: id.to_string(),
                 seq: seq
                     .parse()
                     .map_err(|_| bad("producer-seq", seq, "must be an unsigned integer"))?,
+                user: self.producer_scope.clone(),
             }),
             _ => {
                 return Err(ConnError::new(

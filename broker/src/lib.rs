@@ -27,6 +27,7 @@ pub mod gate;
 pub mod ha;
 pub mod message;
 pub mod pattern;
+pub mod producers;
 pub mod server;
 pub mod tls;
 

@@ -406,6 +406,7 @@ mod tests {
             seq,
             path: PathBuf::from(format!("s{seq}")),
             header: epoch.map(|epoch| SegmentHeader {
+                version: super::format::FORMAT_VERSION,
                 seq,
                 epoch,
                 next_id: 1,

@@ -6,6 +6,8 @@
 //! `&'static str` reason instead of panicking. Every length read from disk is
 //! bounds-checked before it is used.
 
+use std::sync::Arc;
+
 use super::{Op, ProducerSeq, StoreError, StoredMessage};
 
 /// Size of the record frame: `[len u32][crc32c u32][type u8]`.
@@ -17,8 +19,13 @@ pub const MAX_RECORD_BYTES: u32 = 256 << 20;
 /// Magic bytes at the start of every segment header payload.
 pub(super) const MAGIC: [u8; 8] = *b"FMQJRNL\0";
 
-/// On-disk format version written into (and required in) segment headers.
-pub(super) const FORMAT_VERSION: u16 = 1;
+/// On-disk format version written into segment headers. Version 2 added the
+/// user of a producer (`Add` flag bit 1), `Forget` operations and producer
+/// checkpoint records; version 1 segments are still read.
+pub(super) const FORMAT_VERSION: u16 = 2;
+
+/// Oldest format version recovery reads.
+pub(super) const MIN_FORMAT_VERSION: u16 = 1;
 
 /// Record type of the segment header (always and only the first record).
 pub(super) const REC_HEADER: u8 = 1;
@@ -26,14 +33,23 @@ pub(super) const REC_HEADER: u8 = 1;
 /// Record type of an atomic group of operations.
 pub(super) const REC_OPS: u8 = 2;
 
+/// Record type of a producer-table checkpoint chunk (after a header).
+pub(super) const REC_PRODUCERS: u8 = 3;
+
 /// Operation tag: a message was added.
 const OP_ADD: u8 = 1;
 
 /// Operation tag: a message was removed.
 const OP_ACK: u8 = 2;
 
+/// Operation tag: a producer's de-duplication entry was dropped.
+const OP_FORGET: u8 = 3;
+
 /// Flag bit of an `Add`: a producer sequence follows.
 const FLAG_PRODUCER: u8 = 1;
+
+/// Flag bit of an `Add` (version 2): the producer's user follows its sequence.
+const FLAG_PRODUCER_USER: u8 = 2;
 
 /// Flag bit of a segment header: a fence follows the producer table.
 const HEADER_FLAG_FENCE: u16 = 1;
@@ -50,13 +66,17 @@ pub(super) struct FenceEntry {
 /// Decoded segment header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct SegmentHeader {
+    /// Format version it was written with.
+    pub version: u16,
     /// Segment sequence number (must match the file name).
     pub seq: u64,
     /// Epoch of the journal when the segment was created.
     pub epoch: u64,
     /// `1 + highest message id` written before this segment was created.
     pub next_id: u64,
-    /// Producer de-duplication table as of the segment's creation.
+    /// Producer de-duplication table as of the segment's creation: raw
+    /// producer ids in version 1 (not loaded); always empty in version 2,
+    /// whose checkpoint follows in `REC_PRODUCERS` records.
     pub producers: Vec<(String, u64)>,
     /// The fence the header carries (written by journals with an epoch > 0),
     /// sorted by sequence number.
@@ -78,6 +98,8 @@ pub(super) enum OpMeta {
     },
     /// A removed message.
     Ack { id: u64 },
+    /// A dropped producer table entry.
+    Forget { key: String },
 }
 
 /// One decoded operation (recovery side).
@@ -88,6 +110,8 @@ pub(super) enum DecodedOp {
     Add { msg: StoredMessage, body_rel: u32 },
     /// A removed message.
     Ack(u64),
+    /// A dropped producer table entry.
+    Forget(String),
 }
 
 fn str_len(s: &str) -> Result<u64, StoreError> {
@@ -111,6 +135,7 @@ pub(super) fn ops_record_len(ops: &[Op]) -> Result<usize, StoreError> {
     for op in ops {
         len += match op {
             Op::Ack { .. } => 1 + 8,
+            Op::Forget { key } => 1 + 4 + str_len(key)?,
             Op::Add(m) => {
                 let body = m.body.as_ref().ok_or_else(|| StoreError::InvalidOp {
                     id: Some(m.id),
@@ -135,6 +160,9 @@ pub(super) fn ops_record_len(ops: &[Op]) -> Result<usize, StoreError> {
                 let mut n: u64 = 1 + 8 + 1 + 8 + 8 + 1;
                 if let Some(p) = &m.producer {
                     n += 4 + str_len(&p.producer)? + 8;
+                    if !p.user.is_empty() {
+                        n += 4 + str_len(&p.user)?;
+                    }
                 }
                 n += 4 + str_len(&m.destination)?;
                 n += 4;
@@ -207,20 +235,28 @@ pub(super) fn put_op(buf: &mut Vec<u8>, record_start: usize, op: Op) -> OpMeta {
             put_u64(buf, id);
             OpMeta::Ack { id }
         }
+        Op::Forget { key } => {
+            buf.push(OP_FORGET);
+            put_str(buf, &key);
+            OpMeta::Forget { key }
+        }
         Op::Add(m) => {
             buf.push(OP_ADD);
             put_u64(buf, m.id);
             buf.push(m.priority);
             put_u64(buf, m.expires);
             put_u64(buf, m.timestamp);
-            buf.push(if m.producer.is_some() {
-                FLAG_PRODUCER
-            } else {
-                0
+            buf.push(match &m.producer {
+                None => 0,
+                Some(p) if p.user.is_empty() => FLAG_PRODUCER,
+                Some(_) => FLAG_PRODUCER | FLAG_PRODUCER_USER,
             });
             if let Some(p) = &m.producer {
                 put_str(buf, &p.producer);
                 put_u64(buf, p.seq);
+                if !p.user.is_empty() {
+                    put_str(buf, &p.user);
+                }
             }
             put_str(buf, &m.destination);
             put_u32(buf, m.headers.len() as u32);
@@ -243,14 +279,48 @@ pub(super) fn put_op(buf: &mut Vec<u8>, record_start: usize, op: Op) -> OpMeta {
     }
 }
 
+/// Bytes one entry takes in a producer checkpoint record.
+pub(super) fn checkpoint_entry_len(key: &str) -> usize {
+    4 + key.len() + 8
+}
+
+/// Encodes one producer checkpoint record (`REC_PRODUCERS`):
+/// `count:u32 { key:str seq:u64 } * count`. The caller keeps it under
+/// [`MAX_RECORD_BYTES`] (see `producers::checkpoint_chunks`).
+pub(super) fn put_producers(buf: &mut Vec<u8>, entries: &[(&str, u64)]) {
+    let start = begin_record(buf, REC_PRODUCERS);
+    put_u32(buf, entries.len() as u32);
+    for (k, s) in entries {
+        put_str(buf, k);
+        put_u64(buf, *s);
+    }
+    finish_record(buf, start);
+}
+
+/// Decodes a producer checkpoint record payload.
+pub(super) fn decode_producers(payload: &[u8]) -> Result<Vec<(String, u64)>, &'static str> {
+    let mut c = Cursor::new(payload);
+    let count = c.u32()? as usize;
+    let mut out = Vec::with_capacity(count.min(c.remaining() / 12));
+    for _ in 0..count {
+        let k = c.string()?;
+        let s = c.u64()?;
+        out.push((k, s));
+    }
+    if c.remaining() != 0 {
+        return Err("trailing bytes after producer checkpoint");
+    }
+    Ok(out)
+}
+
 /// Encodes a complete segment header record into `buf`, with a fence when
-/// `fence` is `Some`.
-pub(super) fn put_header<'a>(
+/// `fence` is `Some`. The producer checkpoint follows it as separate
+/// records ([`put_producers`]).
+pub(super) fn put_header(
     buf: &mut Vec<u8>,
     seq: u64,
     epoch: u64,
     next_id: u64,
-    producers: impl ExactSizeIterator<Item = (&'a str, u64)>,
     fence: Option<&[FenceEntry]>,
 ) {
     let start = begin_record(buf, REC_HEADER);
@@ -267,11 +337,8 @@ pub(super) fn put_header<'a>(
     put_u64(buf, seq);
     put_u64(buf, epoch);
     put_u64(buf, next_id);
-    put_u32(buf, producers.len() as u32);
-    for (p, s) in producers {
-        put_str(buf, p);
-        put_u64(buf, s);
-    }
+    // Version 2 keeps the table out of the header (see `put_producers`).
+    put_u32(buf, 0);
     if let Some(fence) = fence {
         // One entry per segment file: never near u32::MAX.
         put_u32(buf, fence.len() as u32);
@@ -350,7 +417,8 @@ pub(super) fn decode_header(payload: &[u8]) -> Result<SegmentHeader, &'static st
     if c.take(MAGIC.len())? != MAGIC {
         return Err("bad magic in segment header");
     }
-    if c.u16()? != FORMAT_VERSION {
+    let version = c.u16()?;
+    if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err("unsupported journal format version");
     }
     let flags = c.u16()?;
@@ -391,6 +459,7 @@ pub(super) fn decode_header(payload: &[u8]) -> Result<SegmentHeader, &'static st
         return Err("trailing bytes after segment header");
     }
     Ok(SegmentHeader {
+        version,
         seq,
         epoch,
         next_id,
@@ -408,21 +477,37 @@ pub(super) fn decode_ops(payload: &[u8], out: &mut Vec<DecodedOp>) -> Result<(),
     for _ in 0..count {
         match c.u8()? {
             OP_ACK => out.push(DecodedOp::Ack(c.u64()?)),
+            OP_FORGET => out.push(DecodedOp::Forget(c.string()?)),
             OP_ADD => {
                 let id = c.u64()?;
                 let priority = c.u8()?;
                 let expires = c.u64()?;
                 let timestamp = c.u64()?;
                 let flags = c.u8()?;
-                if flags & !FLAG_PRODUCER != 0 {
+                if flags & !(FLAG_PRODUCER | FLAG_PRODUCER_USER) != 0 {
                     return Err("unknown flags in Add");
                 }
-                let producer = if flags & FLAG_PRODUCER != 0 {
-                    let producer = c.string()?;
-                    let seq = c.u64()?;
-                    Some(ProducerSeq { producer, seq })
-                } else {
-                    None
+                let producer = match (flags & FLAG_PRODUCER != 0, flags & FLAG_PRODUCER_USER != 0) {
+                    (false, false) => None,
+                    (false, true) => return Err("producer user without a producer in Add"),
+                    (true, with_user) => {
+                        let producer = c.string()?;
+                        let seq = c.u64()?;
+                        let user: Arc<str> = if with_user {
+                            let u = c.string()?;
+                            if u.is_empty() {
+                                return Err("empty producer user in Add");
+                            }
+                            Arc::from(u)
+                        } else {
+                            Arc::from("")
+                        };
+                        Some(ProducerSeq {
+                            producer,
+                            seq,
+                            user,
+                        })
+                    }
                 };
                 let destination = c.string()?;
                 let nh = c.u32()? as usize;
@@ -474,6 +559,7 @@ mod tests {
             producer: Some(ProducerSeq {
                 producer: "p".into(),
                 seq: 3,
+                user: Arc::from("alice"),
             }),
             headers: vec![("k".into(), "v".into())],
             body: Some(Bytes::from_static(b"hello")),
@@ -483,7 +569,16 @@ mod tests {
 
     #[test]
     fn ops_encode_decode_round_trip() {
-        let ops = vec![Op::Add(msg(1)), Op::Ack { id: 9 }, Op::Add(msg(2))];
+        let mut unscoped = msg(2);
+        unscoped.producer.as_mut().unwrap().user = Arc::from("");
+        let ops = vec![
+            Op::Add(msg(1)),
+            Op::Ack { id: 9 },
+            Op::Add(unscoped.clone()),
+            Op::Forget {
+                key: "5:alicep".into(),
+            },
+        ];
         let len = ops_record_len(&ops).unwrap();
         let mut buf = Vec::new();
         let start = begin_record(&mut buf, REC_OPS);
@@ -501,7 +596,7 @@ mod tests {
         assert_eq!(crc, record_crc(ty, &buf[FRAME_LEN..]));
         let mut out = Vec::new();
         decode_ops(&buf[FRAME_LEN..], &mut out).unwrap();
-        assert_eq!(out.len(), 3);
+        assert_eq!(out.len(), 4);
         match (&out[0], &metas[0]) {
             (DecodedOp::Add { msg: m, body_rel }, OpMeta::Add { body_rel: r2, .. }) => {
                 assert_eq!(body_rel, r2);
@@ -513,27 +608,63 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(matches!(out[1], DecodedOp::Ack(9)));
+        match &out[2] {
+            DecodedOp::Add { msg: m, .. } => assert_eq!(m.producer, unscoped.producer),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(&out[3], DecodedOp::Forget(k) if k == "5:alicep"));
+    }
+
+    #[test]
+    fn producer_checkpoint_round_trip() {
+        let mut buf = Vec::new();
+        put_producers(&mut buf, &[("5:alicep", 3), ("3:bobq", u64::MAX)]);
+        let frame: [u8; FRAME_LEN] = buf[..FRAME_LEN].try_into().unwrap();
+        let (len, crc, ty) = parse_frame(&frame);
+        assert_eq!((ty, len as usize), (REC_PRODUCERS, buf.len() - FRAME_LEN));
+        assert_eq!(crc, record_crc(ty, &buf[FRAME_LEN..]));
+        assert_eq!(
+            decode_producers(&buf[FRAME_LEN..]).unwrap(),
+            vec![("5:alicep".into(), 3), ("3:bobq".into(), u64::MAX)]
+        );
+        assert!(decode_producers(&buf[FRAME_LEN..buf.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn version_1_headers_still_decode() {
+        // A version 1 header as the first releases wrote it: raw producer ids in the header.
+        let mut buf = Vec::new();
+        let start = begin_record(&mut buf, REC_HEADER);
+        buf.extend_from_slice(&MAGIC);
+        put_u16(&mut buf, 1);
+        put_u16(&mut buf, 0);
+        put_u64(&mut buf, 5);
+        put_u64(&mut buf, 0);
+        put_u64(&mut buf, 77);
+        put_u32(&mut buf, 1);
+        put_str(&mut buf, "raw-id");
+        put_u64(&mut buf, 9);
+        finish_record(&mut buf, start);
+        let h = decode_header(&buf[FRAME_LEN..]).unwrap();
+        assert_eq!(h.version, 1);
+        assert_eq!(h.producers, vec![("raw-id".into(), 9)]);
+        buf[FRAME_LEN + 8] = 3;
+        assert!(decode_header(&buf[FRAME_LEN..]).is_err());
     }
 
     #[test]
     fn header_round_trip() {
         let mut buf = Vec::new();
-        put_header(
-            &mut buf,
-            5,
-            2,
-            77,
-            [("a", 1u64), ("b", 2)].into_iter(),
-            None,
-        );
+        put_header(&mut buf, 5, 2, 77, None);
         let h = decode_header(&buf[FRAME_LEN..]).unwrap();
         assert_eq!(
             h,
             SegmentHeader {
+                version: FORMAT_VERSION,
                 seq: 5,
                 epoch: 2,
                 next_id: 77,
-                producers: vec![("a".into(), 1), ("b".into(), 2)],
+                producers: vec![],
                 fence: None,
             }
         );
@@ -548,13 +679,13 @@ mod tests {
             FenceEntry { seq: 4, end: 7 },
         ];
         let mut buf = Vec::new();
-        put_header(&mut buf, 9, 3, 1, [("p", 1u64)].into_iter(), Some(&fence));
+        put_header(&mut buf, 9, 3, 1, Some(&fence));
         let h = decode_header(&buf[FRAME_LEN..]).unwrap();
         assert_eq!(h.fence.as_deref(), Some(&fence[..]));
         assert_eq!((h.seq, h.epoch), (9, 3));
         // An empty fence is still a fence.
         let mut buf = Vec::new();
-        put_header(&mut buf, 1, 3, 1, std::iter::empty(), Some(&[]));
+        put_header(&mut buf, 1, 3, 1, Some(&[]));
         assert_eq!(
             decode_header(&buf[FRAME_LEN..]).unwrap().fence,
             Some(vec![])
@@ -565,12 +696,12 @@ mod tests {
             [FenceEntry { seq: 2, end: 0 }, FenceEntry { seq: 9, end: 0 }],
         ] {
             let mut buf = Vec::new();
-            put_header(&mut buf, 9, 3, 1, std::iter::empty(), Some(&bad));
+            put_header(&mut buf, 9, 3, 1, Some(&bad));
             assert!(decode_header(&buf[FRAME_LEN..]).is_err());
         }
         // Unknown header flags are refused.
         let mut buf = Vec::new();
-        put_header(&mut buf, 1, 0, 1, std::iter::empty(), None);
+        put_header(&mut buf, 1, 0, 1, None);
         buf[FRAME_LEN + 10] = 2;
         assert!(decode_header(&buf[FRAME_LEN..]).is_err());
     }
@@ -594,6 +725,7 @@ mod tests {
             let mut out = Vec::new();
             let _ = decode_ops(&data, &mut out);
             let _ = decode_header(&data);
+            let _ = decode_producers(&data);
         }
     }
 }

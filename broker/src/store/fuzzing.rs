@@ -28,6 +28,9 @@ pub struct ScanOptions {
     /// Tombstones in the recovered message list before it is compacted
     /// (recovery uses 4096).
     pub compact_min_dead: usize,
+    /// Largest record payload accepted; `None`: [`super::MAX_RECORD_BYTES`]
+    /// (a small value reaches the limit without a huge input).
+    pub max_record_bytes: Option<u32>,
 }
 
 /// A recovered message, as the summary reports it.
@@ -54,6 +57,9 @@ pub struct ScanSummary {
     pub data_end: u64,
     /// First invalid record: offset and reason.
     pub bad: Option<(u64, String)>,
+    /// The invalid record is complete with a valid CRC but cannot be
+    /// accepted: recovery refuses it instead of cutting it off as torn.
+    pub bad_complete: bool,
     /// Valid records applied (the header included).
     pub records: u64,
     /// Bytes counted as scanned.

@@ -247,6 +247,7 @@ mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod histogram;
+mod producers;
 mod recovery;
 mod state;
 mod writer;
@@ -255,6 +256,7 @@ mod writer;
 mod tests;
 
 pub use self::format::MAX_RECORD_BYTES;
+pub use self::producers::{producer_key, split_producer_key};
 
 use self::format::OpMeta;
 use self::state::{IdMap, State};
@@ -310,10 +312,22 @@ pub struct StoredMessage {
 /// A producer's id and the sequence number of one of its messages.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ProducerSeq {
-    /// Producer id.
+    /// Producer id, as the client sent it.
     pub producer: String,
     /// Sequence number within the producer.
     pub seq: u64,
+    /// The authenticated user that sent it: producer ids are scoped to their user (see
+    /// [`producer_key`]). Empty only for records of journal format version 1, which carried no
+    /// user; those never enter the de-duplication table.
+    pub user: Arc<str>,
+}
+
+impl ProducerSeq {
+    /// The de-duplication table key ([`producer_key`]), or `None` for an unscoped (format
+    /// version 1) producer.
+    pub fn key(&self) -> Option<String> {
+        (!self.user.is_empty()).then(|| producer_key(&self.user, &self.producer))
+    }
 }
 
 /// One logical operation. A `Vec<Op>` passed to one append is one atomic
@@ -328,6 +342,14 @@ pub enum Op {
     Ack {
         /// Id of the removed message.
         id: u64,
+    },
+    /// A producer's de-duplication entry was dropped (idle, or its user's
+    /// table was full): removes the key ([`producer_key`]) from the journal's
+    /// table and from the checkpoints of later segments. Unknown keys are
+    /// ignored.
+    Forget {
+        /// The table key.
+        key: String,
     },
 }
 
@@ -616,6 +638,10 @@ pub struct RecoveryReport {
     /// Segments created by a stale master (or never written) that were set
     /// aside as `*.stale`, under their new names.
     pub stale_segments: Vec<PathBuf>,
+    /// Producer ids of format version 1 records and headers (no user): not
+    /// loaded into the de-duplication table, since they could belong to any
+    /// user (see `producers` in the module docs).
+    pub unscoped_producer_ids: u64,
 }
 
 /// A piece of a segment that recovery dropped.

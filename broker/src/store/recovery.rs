@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 use super::fence::{self, Plan};
 use super::format::{self, DecodedOp, FenceEntry, SegmentHeader, FRAME_LEN, MAX_RECORD_BYTES};
+use super::producers;
 use super::state::{Loc, SegmentInfo, State};
 use super::{io_err, JournalConfig, RecoveryReport, StoreError, StoredMessage, Truncation};
 
@@ -58,12 +59,16 @@ pub(super) struct RecoveryOutput {
 /// Result of scanning one segment.
 struct SegScan {
     header: Option<SegmentHeader>,
-    /// End of the header record.
+    /// End of the header record and the producer checkpoint that follows it.
     header_end: u64,
     /// End of the last valid record.
     data_end: u64,
     /// First invalid record: offset and reason.
     bad: Option<(u64, String)>,
+    /// The invalid record is complete and its CRC is right, but recovery
+    /// cannot accept it (does not decode, unknown type, too large, names
+    /// another segment): never a torn write, so never cut off as one.
+    bad_complete: bool,
 }
 
 /// What the scanner found next.
@@ -78,6 +83,9 @@ enum Item {
     Bad {
         off: u64,
         reason: String,
+        /// A complete, CRC-valid record that cannot be accepted (see
+        /// [`SegScan::bad_complete`]), as opposed to a torn or damaged one.
+        complete: bool,
     },
 }
 
@@ -108,6 +116,8 @@ impl SegmentSource for [u8] {
 /// buffer fill, never per record.
 struct Scanner<'a, S: SegmentSource + ?Sized> {
     file: &'a S,
+    /// Largest record payload accepted ([`MAX_RECORD_BYTES`]).
+    max_record: u32,
     path: &'a Path,
     file_len: u64,
     buf: &'a mut Vec<u8>,
@@ -118,9 +128,16 @@ struct Scanner<'a, S: SegmentSource + ?Sized> {
 }
 
 impl<'a, S: SegmentSource + ?Sized> Scanner<'a, S> {
-    fn new(file: &'a S, path: &'a Path, file_len: u64, buf: &'a mut Vec<u8>) -> Self {
+    fn new(
+        file: &'a S,
+        path: &'a Path,
+        file_len: u64,
+        buf: &'a mut Vec<u8>,
+        max_record: u32,
+    ) -> Self {
         Scanner {
             file,
+            max_record,
             path,
             file_len,
             buf,
@@ -178,6 +195,7 @@ impl<'a, S: SegmentSource + ?Sized> Scanner<'a, S> {
         Item::Bad {
             off,
             reason: format!("segment shrank to {} bytes while being read", self.file_len),
+            complete: false,
         }
     }
 
@@ -207,6 +225,7 @@ impl<'a, S: SegmentSource + ?Sized> Scanner<'a, S> {
             return Ok(Item::Bad {
                 off,
                 reason: format!("{remaining} bytes left, too short for a record frame"),
+                complete: false,
             });
         }
         let mut frame = [0u8; FRAME_LEN];
@@ -215,24 +234,36 @@ impl<'a, S: SegmentSource + ?Sized> Scanner<'a, S> {
             return Ok(Item::Bad {
                 off,
                 reason: "zero-filled (never written) space".into(),
+                complete: false,
             });
         }
         let (len, crc, typ) = format::parse_frame(&frame);
-        if len > MAX_RECORD_BYTES {
-            return Ok(Item::Bad {
-                off,
-                reason: format!("record length {len} exceeds the maximum {MAX_RECORD_BYTES}"),
-            });
-        }
-        let total = FRAME_LEN + len as usize;
-        if total as u64 > remaining {
+        let total = FRAME_LEN as u64 + u64::from(len);
+        if total > remaining {
             return Ok(Item::Bad {
                 off,
                 reason: format!(
                     "record of {total} bytes extends past the end of the file ({remaining} bytes left)"
                 ),
+                complete: false,
             });
         }
+        if len > self.max_record {
+            // Complete in the file: a torn write if its CRC is wrong, a record
+            // recovery must not accept (and must not cut off) if it is right.
+            let complete = self.crc_matches(off + FRAME_LEN as u64, u64::from(len), typ, crc)?;
+            let max = self.max_record;
+            return Ok(Item::Bad {
+                off,
+                reason: if complete {
+                    format!("complete record of {len} bytes exceeds the maximum of {max} bytes")
+                } else {
+                    format!("record length {len} exceeds the maximum {max}")
+                },
+                complete,
+            });
+        }
+        let total = total as usize;
         if !self.ensure(total)? {
             return Ok(self.shrunk(off));
         }
@@ -241,6 +272,7 @@ impl<'a, S: SegmentSource + ?Sized> Scanner<'a, S> {
             return Ok(Item::Bad {
                 off,
                 reason: "CRC mismatch".into(),
+                complete: false,
             });
         }
         self.start += total;
@@ -250,6 +282,29 @@ impl<'a, S: SegmentSource + ?Sized> Scanner<'a, S> {
             payload,
             len: total,
         })
+    }
+
+    /// Whether the CRC of the `len` payload bytes at `from` (a record of type
+    /// `typ` too large to buffer) is `crc`, read in buffer-sized pieces.
+    /// Consumes the scanner's buffered state.
+    fn crc_matches(&mut self, from: u64, len: u64, typ: u8, crc: u32) -> Result<bool, StoreError> {
+        self.start = 0;
+        self.end = 0;
+        let mut acc = crc32c::crc32c(&[typ]);
+        let mut pos = from;
+        let end = from + len;
+        while pos < end {
+            let n = (end - pos).min(self.buf.len() as u64) as usize;
+            let n = match self.file.read_at(&mut self.buf[..n], pos) {
+                Ok(0) => return Ok(false),
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io("read segment")(e)),
+            };
+            acc = crc32c::crc32c_append(acc, &self.buf[..n]);
+            pos += n as u64;
+        }
+        Ok(acc == crc)
     }
 
     /// Whether every byte from `from` to the end of the file is zero.
@@ -292,16 +347,9 @@ struct Ctx<'c> {
     /// Tombstones before the message list is compacted ([`COMPACT_MIN_DEAD`];
     /// lower in [`scan_bytes`] so that fuzzing reaches the compaction).
     compact_min_dead: usize,
-}
-
-/// Raises the recorded sequence number of `producer` to at least `seq`.
-fn note_producer(producers: &mut HashMap<String, u64>, producer: &str, seq: u64) {
-    match producers.get_mut(producer) {
-        Some(s) => *s = (*s).max(seq),
-        None => {
-            producers.insert(producer.to_owned(), seq);
-        }
-    }
+    /// Largest record payload accepted ([`MAX_RECORD_BYTES`]; lower in
+    /// [`scan_bytes`] so tests and fuzzing reach the limit cheaply).
+    max_record: u32,
 }
 
 impl Ctx<'_> {
@@ -330,7 +378,10 @@ impl Ctx<'_> {
                     let id = msg.id;
                     self.next_id = self.next_id.max(id.saturating_add(1));
                     if let Some(p) = &msg.producer {
-                        note_producer(&mut self.producers, &p.producer, p.seq);
+                        match p.key() {
+                            Some(k) => producers::note_owned(&mut self.producers, k, p.seq),
+                            None => self.report.unscoped_producer_ids += 1,
+                        }
                     }
                     let len = u64::from(msg.body_len);
                     if self.loaded + len <= self.config.body_cache_bytes {
@@ -366,6 +417,9 @@ impl Ctx<'_> {
                         self.kill_slot(loc.slot);
                     }
                 }
+                DecodedOp::Forget(key) => {
+                    self.producers.remove(&key);
+                }
             }
         }
         self.ops = ops;
@@ -398,19 +452,27 @@ impl Ctx<'_> {
         is_last: bool,
         buf: &mut Vec<u8>,
     ) -> Result<SegScan, StoreError> {
-        let mut sc = Scanner::new(file, path, file_len, buf);
+        let mut sc = Scanner::new(file, path, file_len, buf, self.max_record);
         let mut out = SegScan {
             header: None,
             header_end: 0,
             data_end: 0,
             bad: None,
+            bad_complete: false,
         };
+        // Producer checkpoint records directly follow the header.
+        let mut in_checkpoint = false;
         loop {
             let item = sc.next()?;
             match item {
                 Item::End => break,
-                Item::Bad { off, reason } => {
+                Item::Bad {
+                    off,
+                    reason,
+                    complete,
+                } => {
                     out.bad = Some((off, reason));
+                    out.bad_complete = complete;
                     break;
                 }
                 Item::Record {
@@ -427,22 +489,44 @@ impl Ctx<'_> {
                                     h.seq
                                 )),
                                 Ok(h) => {
-                                    for (p, s) in &h.producers {
-                                        note_producer(&mut self.producers, p, *s);
+                                    if h.version == 1 {
+                                        // Raw ids with no user: not loaded (module docs of
+                                        // `producers`).
+                                        self.report.unscoped_producer_ids +=
+                                            h.producers.len() as u64;
+                                    } else {
+                                        for (k, s) in &h.producers {
+                                            producers::note(&mut self.producers, k, *s);
+                                        }
                                     }
                                     self.next_id = self.next_id.max(h.next_id);
                                     out.header = Some(h);
                                     out.header_end = off + len as u64;
+                                    in_checkpoint = true;
                                     Ok(())
                                 }
                                 Err(e) => Err(format!("invalid segment header: {e}")),
                             }
                         }
                         (false, t) => Err(format!("missing segment header (record type {t})")),
-                        (true, format::REC_OPS) => self
-                            .apply(seq, off, sc.payload(payload))
-                            .map_err(|e| format!("malformed record: {e}")),
-                        (true, t) => Err(format!("unknown record type {t}")),
+                        (true, format::REC_PRODUCERS) if in_checkpoint => {
+                            match format::decode_producers(sc.payload(payload)) {
+                                Ok(entries) => {
+                                    for (k, s) in entries {
+                                        producers::note_owned(&mut self.producers, k, s);
+                                    }
+                                    out.header_end = off + len as u64;
+                                    Ok(())
+                                }
+                                Err(e) => Err(format!("invalid producer checkpoint: {e}")),
+                            }
+                        }
+                        (true, format::REC_OPS) => {
+                            in_checkpoint = false;
+                            self.apply(seq, off, sc.payload(payload))
+                                .map_err(|e| format!("malformed record: {e}"))
+                        }
+                        (true, t) => Err(format!("unexpected record type {t}")),
                     };
                     match res {
                         Ok(()) => {
@@ -450,7 +534,9 @@ impl Ctx<'_> {
                             self.report.records += 1;
                         }
                         Err(reason) => {
+                            // CRC-valid and complete, yet not acceptable.
                             out.bad = Some((off, reason));
+                            out.bad_complete = true;
                             break;
                         }
                     }
@@ -462,7 +548,7 @@ impl Ctx<'_> {
         }
         // The unused, zero-filled tail of a pre-allocated last segment (or a
         // last segment that was created but never written) is not damage.
-        if is_last {
+        if is_last && !out.bad_complete {
             if let Some((off, _)) = &out.bad {
                 if sc.rest_is_zero(*off)? {
                     out.bad = None;
@@ -475,6 +561,31 @@ impl Ctx<'_> {
         };
         Ok(out)
     }
+}
+
+/// Copies the bytes of segment `path` (open as `f`, `file_len` long) from
+/// `off` on to `<segment>.corrupt-at-<off>` (fsynced) before a salvage cuts
+/// them off; returns the copy's path.
+fn save_tail(path: &Path, f: &File, file_len: u64, off: u64) -> Result<PathBuf, StoreError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let aside = path.with_file_name(format!("{name}.corrupt-at-{off}"));
+    let copy = File::create(&aside).map_err(io_err("save damaged bytes", &aside))?;
+    let mut pos = off;
+    let mut buf = vec![0u8; SCAN_BUF];
+    while pos < file_len {
+        let n = (file_len - pos).min(buf.len() as u64) as usize;
+        f.read_exact_at(&mut buf[..n], pos)
+            .map_err(io_err("read damaged segment", path))?;
+        copy.write_all_at(&buf[..n], pos - off)
+            .map_err(io_err("save damaged bytes", &aside))?;
+        pos += n as u64;
+    }
+    copy.sync_all()
+        .map_err(io_err("save damaged bytes", &aside))?;
+    Ok(aside)
 }
 
 /// Salvages a damaged non-last segment: keeps a copy of the dropped bytes
@@ -505,14 +616,7 @@ fn salvage_segment(
         .write(true)
         .open(path)
         .map_err(io_err("open damaged segment", path))?;
-    let aside = path.with_file_name(format!("{name}.corrupt-at-{off}"));
-    let mut tail = vec![0u8; file_len.saturating_sub(off).min(usize::MAX as u64) as usize];
-    f.read_exact_at(&mut tail, off)
-        .map_err(io_err("read damaged segment", path))?;
-    let copy = File::create(&aside).map_err(io_err("save damaged bytes", &aside))?;
-    copy.write_all_at(&tail, 0)
-        .and_then(|()| copy.sync_all())
-        .map_err(io_err("save damaged bytes", &aside))?;
+    save_tail(path, &f, file_len, off)?;
     f.set_len(off)
         .and_then(|()| f.sync_all())
         .map_err(io_err("truncate damaged segment", path))?;
@@ -547,6 +651,7 @@ pub(super) fn recover(
         report: RecoveryReport::default(),
         ops: Vec::new(),
         compact_min_dead: COMPACT_MIN_DEAD,
+        max_record: MAX_RECORD_BYTES,
     };
     for (path, reason) in &plan.stale {
         let aside = fence::set_aside(path)?;
@@ -627,6 +732,27 @@ pub(super) fn recover(
         }
         if let Some(h) = &scan.header {
             ctx.report.last_epoch = Some(h.epoch);
+        }
+        if let (true, Some((off, reason))) = (is_last && scan.bad_complete, &scan.bad) {
+            // Not a torn write: a record that was written whole and that this
+            // version cannot accept. Cutting it off would silently drop it and
+            // everything after it.
+            if !config.salvage {
+                tracing::error!(file = %path.display(), offset = off, reason = %reason, "journal recovery: complete record that cannot be accepted in the last segment; refusing to start (see the salvage option)");
+                return Err(StoreError::Corrupt {
+                    file: path,
+                    offset: *off,
+                    reason: reason.clone(),
+                });
+            }
+            let kept = save_tail(&path, &file, file_len, *off)?;
+            tracing::error!(
+                file = %path.display(),
+                offset = off,
+                kept_as = %kept.display(),
+                reason = %reason,
+                "journal recovery: SALVAGE: dropping a complete record that cannot be accepted, and the rest of the last segment"
+            );
         }
         if is_last {
             let mut header = scan.header;
@@ -753,6 +879,7 @@ pub(super) fn scan_bytes(
         report: RecoveryReport::default(),
         ops: Vec::new(),
         compact_min_dead: opts.compact_min_dead,
+        max_record: opts.max_record_bytes.unwrap_or(MAX_RECORD_BYTES),
     };
     let seq = opts.seq;
     ctx.state
@@ -838,9 +965,11 @@ pub(super) fn scan_bytes(
         if ctx.next_id < id.saturating_add(1) {
             v.push(format!("next_id {} not above live id {id}", ctx.next_id));
         }
-        if let Some(p) = &msg.producer {
-            if ctx.producers.get(&p.producer).is_none_or(|&s| s < p.seq) {
-                v.push(format!("producer {:?} below seq {}", p.producer, p.seq));
+        // (An entry may be gone: a later `Forget` removed it.)
+        if let Some(k) = msg.producer.as_ref().and_then(|p| p.key()) {
+            let seq = msg.producer.as_ref().map_or(0, |p| p.seq);
+            if ctx.producers.get(&k).is_some_and(|&s| s < seq) {
+                v.push(format!("producer {k:?} below seq {seq}"));
             }
         }
     }
@@ -868,6 +997,7 @@ pub(super) fn scan_bytes(
         header_end: scan.header_end,
         data_end: scan.data_end,
         bad: scan.bad,
+        bad_complete: scan.bad_complete,
         records: ctx.report.records,
         bytes_scanned: ctx.report.bytes_scanned,
         messages: ctx

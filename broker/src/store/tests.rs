@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,6 +34,7 @@ fn with_producer(mut m: StoredMessage, p: &str, seq: u64) -> StoredMessage {
     m.producer = Some(ProducerSeq {
         producer: p.into(),
         seq,
+        user: Arc::from("app"),
     });
     m
 }
@@ -81,7 +83,7 @@ fn ids(msgs: &[StoredMessage]) -> Vec<u64> {
 /// Length of a segment header without producers.
 fn header_len_no_producers() -> u64 {
     let mut v = Vec::new();
-    format::put_header(&mut v, 1, 0, 1, std::iter::empty(), None);
+    format::put_header(&mut v, 1, 0, 1, None);
     v.len() as u64
 }
 
@@ -104,7 +106,7 @@ async fn round_trip_messages_and_producers() {
         if id % 2 == 0 {
             let p = format!("prod-{}", id % 3);
             m = with_producer(m, &p, id * 10);
-            producers.insert(p, id * 10);
+            producers.insert(producer_key("app", &p), id * 10);
         }
         if id % 5 == 0 {
             m.headers.clear();
@@ -549,7 +551,8 @@ async fn dedup_table_survives_deletion_of_original_segments() {
     }
     j.shutdown();
     let (_j, rec) = open(&c);
-    let want: HashMap<String, u64> = [("p".to_string(), 7), ("q".to_string(), 3)].into();
+    let want: HashMap<String, u64> =
+        [(producer_key("app", "p"), 7), (producer_key("app", "q"), 3)].into();
     assert_eq!(rec.producers, want);
     assert_eq!(ids(&rec.messages), [4]);
     assert_eq!(rec.next_id, 5);
@@ -1362,7 +1365,7 @@ async fn segment_shorter_than_its_fenced_end_is_corrupt() {
         seq: 1,
         end: len + 100,
     }];
-    format::put_header(&mut h, 2, 1, 2, std::iter::empty(), Some(&fence));
+    format::put_header(&mut h, 2, 1, 2, Some(&fence));
     std::fs::write(segment_path(dir, 2), &h).unwrap();
     let mut c = ha_cfg(dir, 1, LockMode::Required, 4096);
     match Journal::open(c.clone()) {
@@ -1713,6 +1716,7 @@ fn write_backlog(j: &Journal, n: u64) {
                 producer: Some(ProducerSeq {
                     producer: format!("p{}", id % 16),
                     seq: id,
+                    user: Arc::from("app"),
                 }),
                 headers: vec![("content-type".into(), "text/plain".into())],
                 body: Some(body.clone()),
@@ -1768,6 +1772,7 @@ fn scan_opts(is_last: bool, buf_len: usize, claimed_len: Option<u64>) -> fuzzing
         claimed_len,
         body_cache_bytes: u64::MAX,
         compact_min_dead: 2,
+        max_record_bytes: None,
     }
 }
 
@@ -1811,7 +1816,7 @@ async fn fuzzing_scan_recovers_what_open_does() {
             assert_eq!(s.data_end, seg.len() as u64);
             assert_eq!(s.messages.iter().map(|m| m.id).collect::<Vec<_>>(), live);
             assert_eq!(s.next_id, 7);
-            assert_eq!(s.producers, vec![("p".to_owned(), 6)]);
+            assert_eq!(s.producers, vec![(producer_key("app", "p"), 6)]);
         }
     }
     // A torn last record is cut; the records before it are kept.

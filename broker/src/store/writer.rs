@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use super::fence;
 use super::format::{self, FenceEntry, OpMeta};
+use super::producers;
 use super::state::{Loc, SegmentInfo};
 use super::{io_err, lock, segment_path, JournalConfig, Shared, StoreError};
 
@@ -206,8 +207,9 @@ impl Writer {
             .map_err(io_err("fsync directory", &self.dir))
     }
 
-    /// Encodes and writes the header of segment `seq` at offset 0 of the
-    /// active file and positions the cursor after it.
+    /// Encodes and writes the header of segment `seq` and the producer
+    /// checkpoint at offset 0 of the active file and positions the cursor
+    /// after them.
     fn write_header(&mut self, seq: u64) -> Result<(), StoreError> {
         if let Some(fence) = &mut self.fence {
             // Entries of deleted segments are dropped: nothing to fence.
@@ -216,12 +218,12 @@ impl Writer {
         }
         let mut buf = std::mem::take(&mut self.header_buf);
         buf.clear();
-        format::put_header(
+        put_segment_start(
             &mut buf,
             seq,
             self.epoch,
             self.max_id.saturating_add(1),
-            self.producers.iter().map(|(p, s)| (p.as_str(), *s)),
+            &self.producers,
             self.fence.as_deref(),
         );
         let a = &mut self.active;
@@ -461,16 +463,16 @@ impl Writer {
                         }
                         self.max_id = self.max_id.max(*id);
                         if let Some(p) = producer.take() {
-                            match self.producers.get_mut(&p.producer) {
-                                Some(s) => *s = (*s).max(p.seq),
-                                None => {
-                                    self.producers.insert(p.producer, p.seq);
-                                }
+                            if let Some(k) = p.key() {
+                                producers::note_owned(&mut self.producers, k, p.seq);
                             }
                         }
                     }
                     OpMeta::Ack { id } => {
                         st.ack(*id, seg);
+                    }
+                    OpMeta::Forget { key } => {
+                        self.producers.remove(key.as_str());
                     }
                 }
             }
@@ -500,10 +502,11 @@ impl Writer {
         let mut run_start = 0;
         for i in 0..batch.len() {
             let len = batch[i].record.len() as u64;
-            if len > 0
-                && self.active.pos > self.active.header_end
-                && self.active.pos + len > self.segment_bytes
-            {
+            // The roll threshold counts the data after the header and the
+            // producer checkpoint: a large checkpoint must not make every
+            // append start a new segment.
+            let data = self.active.pos - self.active.header_end;
+            if len > 0 && data > 0 && data + len > self.segment_bytes {
                 self.write_and_apply(&mut batch[run_start..i], &offs[run_start..i])?;
                 self.roll()?;
                 run_start = i;
@@ -749,6 +752,22 @@ impl Writer {
     }
 }
 
+/// Encodes the start of a segment: its header record, then the producer
+/// table checkpoint in records of bounded size (`producers` module docs).
+fn put_segment_start(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    epoch: u64,
+    next_id: u64,
+    producers: &HashMap<String, u64>,
+    fence: Option<&[FenceEntry]>,
+) {
+    format::put_header(buf, seq, epoch, next_id, fence);
+    for chunk in producers::checkpoint_chunks(producers) {
+        format::put_producers(buf, &chunk);
+    }
+}
+
 /// Creates the first segment of a new epoch atomically: its header, carrying
 /// `fence`, is written to `<dir>/journal.fence-<epoch>.tmp`, fsynced and
 /// hard-linked to the first free segment name from `first_seq` on (never
@@ -775,14 +794,7 @@ pub(super) fn create_fence_segment(
     let mut buf = Vec::new();
     for seq in first_seq..first_seq.saturating_add(MAX_SEQ_SKIP) {
         buf.clear();
-        format::put_header(
-            &mut buf,
-            seq,
-            epoch,
-            next_id,
-            producers.iter().map(|(p, s)| (p.as_str(), *s)),
-            Some(fence),
-        );
+        put_segment_start(&mut buf, seq, epoch, next_id, producers, Some(fence));
         let res = file
             .set_len(0)
             .and_then(|()| file.write_all_at(&buf, 0))

@@ -99,6 +99,7 @@ fn message(id: u64, body: &[u8], producer: Option<(&str, u64)>) -> StoredMessage
         producer: producer.map(|(p, seq)| ProducerSeq {
             producer: p.into(),
             seq,
+            user: "app".into(),
         }),
         headers: vec![
             ("content-type".into(), "text/plain".into()),
