@@ -9,6 +9,8 @@ use bytes::Bytes;
 
 use super::*;
 
+mod producers;
+
 fn msg(id: u64, dest: &str, body: &[u8]) -> StoredMessage {
     StoredMessage {
         id,
