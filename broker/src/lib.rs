@@ -23,6 +23,7 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod destination;
+pub mod file_perms;
 pub mod gate;
 pub mod ha;
 pub mod message;

@@ -212,6 +212,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     warn_if_files_short(config.limits.max_connections);
+    if let Some(users) = &config.auth.users_file {
+        fabricmq_broker::file_perms::warn_if_exposed(users, "the users file (password hashes)");
+    }
+    let zk_auth_file = cli
+        .zk_auth_file
+        .clone()
+        .or_else(|| std::env::var_os(fabricmq_registry::config::AUTH_FILE_ENV).map(PathBuf::from));
+    if let (Some(_), Some(f)) = (&ha, &zk_auth_file) {
+        fabricmq_broker::file_perms::warn_if_exposed(f, "the registry credentials file");
+    }
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let status = match &ha {

@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::format::{self, FenceEntry, SegmentHeader, FRAME_LEN, MAX_RECORD_BYTES};
@@ -71,6 +71,7 @@ pub(super) fn write_epoch_file(dir: &Path, dir_file: &File, epoch: u64) -> Resul
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(super::FILE_MODE)
         .open(&tmp)
         .and_then(|mut f| {
             f.write_all(format!("{epoch}\n").as_bytes())?;

@@ -230,7 +230,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -519,12 +519,37 @@ impl Drop for LockGuard {
     }
 }
 
-/// Creates `dir` if missing (and makes its entry durable in its parent).
+/// Permissions of every file the journal creates: message bodies are nobody else's to read,
+/// and a lock file others cannot open cannot be locked by them either.
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+/// Permissions of the directories the journal creates (and of its own directory, tightened at
+/// open if an older version or an operator made it wider).
+pub(crate) const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` (and missing parents) with [`DIR_MODE`] if missing (and makes its entry
+/// durable in its parent); tightens an existing one to [`DIR_MODE`].
 fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
-    if dir.is_dir() {
-        return Ok(());
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Ok(meta) = std::fs::metadata(dir) {
+        if meta.is_dir() {
+            if meta.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+                    .map_err(io_err("restrict journal directory permissions", dir))?;
+                tracing::warn!(
+                    dir = %dir.display(),
+                    was = format!("{:o}", meta.permissions().mode() & 0o777),
+                    "journal directory was readable by other users; restricted to 700"
+                );
+            }
+            return Ok(());
+        }
     }
-    std::fs::create_dir_all(dir).map_err(io_err("create journal directory", dir))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(io_err("create journal directory", dir))?;
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -543,8 +568,12 @@ fn open_lock_file(dir: &Path) -> Result<(File, PathBuf), StoreError> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(FILE_MODE)
         .open(&path)
         .map_err(io_err("open lock file", &path))?;
+    // A lock file of an older version (0644) could be opened, and share-locked, by anyone.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(FILE_MODE))
+        .map_err(io_err("restrict lock file permissions", &path))?;
     Ok((file, path))
 }
 
@@ -1150,6 +1179,7 @@ impl Journal {
                         .read(true)
                         .write(true)
                         .create_new(true)
+                        .mode(FILE_MODE)
                         .open(&path)
                         .map_err(io_err("create segment", &path))?;
                     state

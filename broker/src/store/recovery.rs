@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -572,7 +572,13 @@ fn save_tail(path: &Path, f: &File, file_len: u64, off: u64) -> Result<PathBuf, 
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let aside = path.with_file_name(format!("{name}.corrupt-at-{off}"));
-    let copy = File::create(&aside).map_err(io_err("save damaged bytes", &aside))?;
+    let copy = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(super::FILE_MODE)
+        .open(&aside)
+        .map_err(io_err("save damaged bytes", &aside))?;
     let mut pos = off;
     let mut buf = vec![0u8; SCAN_BUF];
     while pos < file_len {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -314,6 +314,7 @@ impl Writer {
                         .read(true)
                         .write(true)
                         .create_new(true)
+                        .mode(super::FILE_MODE)
                         .open(&path)
                         .map(|f| (f, 0)),
                 ),
@@ -789,6 +790,7 @@ pub(super) fn create_fence_segment(
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(super::FILE_MODE)
         .open(&tmp)
         .map_err(io_err("create new segment", &tmp))?;
     let mut buf = Vec::new();
@@ -923,6 +925,7 @@ impl Preallocator {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(super::FILE_MODE)
             .open(&self.path)?;
         if !zero_fill(&f, 0, self.size, &self.stop)? {
             return Ok(None);
