@@ -43,12 +43,13 @@
 //! Type 1, the **segment header**, is always and only the first record:
 //!
 //! ```text
-//! magic:[8] = "FMQJRNL\0"  version:u16 = 1  flags:u16
+//! magic:[8] = "FMQJRNL\0"  version:u16 = 2  flags:u16
 //! seq:u64          segment sequence number (must match the file name)
 //! epoch:u64        JournalConfig::epoch when the segment was created
 //! next_id:u64      1 + highest message id written before this segment
 //! count:u32  { producer:str  seq:u64 } * count
-//!                  checkpoint of the producer de-duplication table
+//!                  version 1: the producer table (raw ids, not loaded);
+//!                  version 2 writes count = 0 (the table follows in type 3)
 //! [fence]          present when flags bit 0 is set (other bits must be 0)
 //! fence = n:u32 { seq:u64 end:u64 } * n
 //!                  older segments (ascending seq, all lower than this
@@ -59,22 +60,36 @@
 //! before fencing existed. A journal with an epoch > 0 writes a fence into
 //! every segment header it creates (see *Epoch fencing*).
 //!
+//! Type 3, a **producer checkpoint** record, only directly after the header
+//! (any number of them, each at most 1 MiB of payload):
+//!
+//! ```text
+//! count:u32  { key:str  seq:u64 } * count       key = producer_key(user, id)
+//! ```
+//!
 //! Type 2, an **ops record** (one `append` call):
 //!
 //! ```text
 //! count:u32  op * count
 //! op  = 1:u8 (Add) id:u64 priority:u8 expires:u64 timestamp:u64 flags:u8
 //!         [producer:str seq:u64]            present when flags bit 0 is set
+//!         [user:str]                        present when flags bit 1 is set
 //!         destination:str  nheaders:u32 { key:str value:str } * nheaders
 //!         body_len:u32 body[body_len]
 //!     | 2:u8 (Ack) id:u64
+//!     | 3:u8 (Forget) key:str               a producer table entry dropped
 //! str = len:u32 utf8[len]
 //! ```
 //!
-//! The header checkpoints make the producer table and the id counter survive
+//! The checkpoints make the producer table and the id counter survive
 //! the deletion of the segments that held the original `Add` records: every
 //! segment newer than a deleted one carries a table at least as recent, and
-//! the active (newest) segment is never deleted.
+//! the active (newest) segment is never deleted. The table is bounded by the
+//! broker (`Forget` ops), and split into records of bounded size, so a
+//! checkpoint can never outgrow [`MAX_RECORD_BYTES`]; the roll threshold
+//! counts the data after the checkpoint, so a large table does not make
+//! every append start a new segment. Segments of format version 1 are still
+//! read (their producer ids carry no user and are not loaded).
 //!
 //! Segments are normally pre-allocated (a spare file zero-filled and fsynced
 //! by a helper thread ahead of time, renamed into place at the roll; see
@@ -91,10 +106,16 @@
 //! * **Last segment.** Writes are only ever appended to it, so damage can only
 //!   be the torn tail of a write that was never acknowledged. Scanning stops
 //!   at the first record that is incomplete (extends past the end of file),
-//!   fails its CRC, does not decode, or is zero-filled space followed by
+//!   fails its CRC, or is zero-filled space followed by
 //!   non-zero bytes; everything from there on is cut off (the file is
 //!   truncated and fsynced), logged with `tracing::warn!` (file, offset,
-//!   dropped bytes) and reported in [`RecoveryReport::truncated`]. A record
+//!   dropped bytes) and reported in [`RecoveryReport::truncated`].
+//! * **A complete record recovery cannot accept** (its CRC is right but it
+//!   does not decode, has an unknown type, is longer than
+//!   [`MAX_RECORD_BYTES`], or names another segment) was written whole: it
+//!   is never a torn write, so it is never cut off as one, in any segment.
+//!   Recovery refuses to start with [`StoreError::Corrupt`] (file, offset)
+//!   unless salvage is set, which keeps a copy of the dropped bytes. A record
 //!   is applied only if it is entirely valid, so a torn multi-op record
 //!   applies none of its operations. An all-zero tail (unused pre-allocated
 //!   space), an empty file or a header-only file is a clean end.
