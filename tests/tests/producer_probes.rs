@@ -140,11 +140,17 @@ async fn probe_item1_huge_producer_table_and_graceful_restarts() {
     println!("item1: {got} messages recovered of {receipted} receipted after 3 graceful restarts");
 }
 
-/// Item 6 (producer ids): 300,000 distinct producer ids from one user; RSS and a well-behaved
-/// client's receipted round trip meanwhile.
+/// Item 6 (producer ids): 300,000 distinct producer ids from one user, sent to a topic nobody
+/// subscribes to (so only the de-duplication table can grow); ids of PROBE_ID_BYTES (default
+/// 256, the most `[producers] max_id_bytes` allows by default). RSS and a well-behaved client's
+/// receipted round trip meanwhile.
 #[tokio::test]
 #[ignore = "measurement: tools/bench/producer_probes.sh"]
 async fn probe_item6_300k_producer_ids() {
+    let id_bytes: usize = std::env::var("PROBE_ID_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
     let b = BrokerProcess::start(BrokerOptions::default())
         .await
         .unwrap();
@@ -154,8 +160,8 @@ async fn probe_item6_300k_producer_ids() {
     let attack = tokio::spawn(async move {
         let mut c = Raw::connect(addr, "admin", "admin").await;
         let t = Instant::now();
-        let r = pipelined(&mut c, "/queue/ids", 300_000, 1000, |i| {
-            format!("attacker-{i}")
+        let r = pipelined(&mut c, "/topic/ids", 300_000, 1000, |i| {
+            format!("{i:0>id_bytes$}")
         })
         .await;
         (r, t.elapsed())
