@@ -209,6 +209,8 @@ fn needed_space(config: &BrokerConfig) -> u64 {
 /// when there is room, or when the filesystem cannot say.
 fn short_of_space(config: &BrokerConfig) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(&config.data_dir).ok()?;
+    // Both are u64 on 64-bit Linux, narrower on some 32-bit targets.
+    #[allow(clippy::useless_conversion)]
     let free = u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
     (free < needed_space(config)).then_some(free)
 }
