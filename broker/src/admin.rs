@@ -1044,6 +1044,26 @@ mod tests {
         assert!(text.contains("fabricmq_master_terms_total 0\n"), "{text}");
         assert!(!text.contains("fabricmq_connections"), "no broker: {text}");
 
+        // A store failure is counted once, whatever the attempts to re-open it, and reported
+        // until a broker serves again.
+        let st = Status::standalone();
+        st.set_role(Role::Recovering);
+        st.store_failed("journal I/O error: No space left on device");
+        st.store_failed("journal I/O error: still no space");
+        let r = st.report();
+        assert!(!r.serving);
+        assert_eq!(
+            r.store_error.as_deref(),
+            Some("journal I/O error: still no space")
+        );
+        let text = exposition(&st);
+        assert!(text.contains("fabricmq_store_failed 1\n"), "{text}");
+        assert!(text.contains("fabricmq_store_failures_total 1\n"), "{text}");
+        assert!(
+            text.contains("fabricmq_role{role=\"recovering\"} 1\n"),
+            "{text}"
+        );
+
         // A standalone broker has no ZooKeeper state.
         let text = exposition(&Status::standalone());
         assert!(!text.contains("zookeeper"), "{text}");
