@@ -5,7 +5,7 @@
 //!   latency and group-commit batch histograms, ZooKeeper session state, time as master).
 //! - `GET /health`: `200` only while this broker serves clients (a fabric master with its gate
 //!   open, or a standalone broker that finished start-up), `503` otherwise (slave, activating,
-//!   suspended, stopping). A TCP load balancer checking it (haproxy `option httpchk GET /health`)
+//!   suspended, stopping, or the store failed: the body then says `store failed: <error>`). A TCP load balancer checking it (haproxy `option httpchk GET /health`)
 //!   sends plain STOMP clients to the master of a group.
 //! - `GET /status`: JSON with what `mq-fabric cluster-list` shows for this broker plus connection
 //!   counts.
@@ -74,11 +74,13 @@ pub enum Role {
     Master,
     /// Draining and closing (shutdown, hand-over or stepping down).
     Stopping,
+    /// Standalone: the store failed (a journal write or fsync); re-opening it from disk.
+    Recovering,
 }
 
 impl Role {
     /// Every role, in the order the metrics list them.
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Role::Starting,
         Role::Standalone,
         Role::Connecting,
@@ -86,6 +88,7 @@ impl Role {
         Role::Activating,
         Role::Master,
         Role::Stopping,
+        Role::Recovering,
     ];
 
     /// Lower-case name.
@@ -98,6 +101,7 @@ impl Role {
             Role::Activating => "activating",
             Role::Master => "master",
             Role::Stopping => "stopping",
+            Role::Recovering => "recovering",
         }
     }
 }
@@ -191,6 +195,8 @@ struct Inner {
     master_time: Duration,
     /// The serving broker (standalone, or master of the current term).
     broker: Option<Weak<Broker>>,
+    /// Why the store failed, until a broker serves again on a re-opened store.
+    store_error: Option<String>,
 }
 
 /// The broker's state as the admin endpoint reports it, shared with the HA lifecycle (or the
@@ -202,6 +208,8 @@ pub struct Status {
     started_ms: u64,
     inner: Mutex<Inner>,
     master_terms: AtomicU64,
+    /// Times the store failed (a journal write or fsync) in this process.
+    store_failures: AtomicU64,
     zookeeper: AtomicU8,
     admin_addr: OnceLock<SocketAddr>,
 }
@@ -220,8 +228,10 @@ impl Status {
                 term_started: None,
                 master_time: Duration::ZERO,
                 broker: None,
+                store_error: None,
             }),
             master_terms: AtomicU64::new(0),
+            store_failures: AtomicU64::new(0),
             zookeeper: AtomicU8::new(ZkState::Connecting.index()),
             admin_addr: OnceLock::new(),
         })
@@ -288,6 +298,7 @@ impl Status {
         s.master_since_ms = Some(since_ms);
         s.term_started = Some(Instant::now());
         s.broker = Some(Arc::downgrade(broker));
+        s.store_error = None;
         drop(s);
         self.master_terms.fetch_add(1, Ordering::Relaxed);
     }
@@ -300,6 +311,16 @@ impl Status {
         s.master_since_ms = Some(now_ms());
         s.term_started = Some(Instant::now());
         s.broker = Some(Arc::downgrade(broker));
+        s.store_error = None;
+    }
+
+    /// The store failed with `reason` (a journal write or fsync): `/health` answers 503 with it
+    /// until a broker serves again on a re-opened store (`serving_standalone`/`serving_master`).
+    /// Counted once per failure (attempts to re-open only update the reason).
+    pub fn store_failed(&self, reason: &str) {
+        if self.lock().store_error.replace(reason.to_owned()).is_none() {
+            self.store_failures.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Fabric: the ZooKeeper session's state.
@@ -334,11 +355,16 @@ impl Status {
         let broker = s.broker.as_ref().and_then(Weak::upgrade);
         let mut role = s.role;
         let mut serving = false;
+        let mut store_error = s.store_error.clone();
         if let (Role::Master | Role::Standalone, Some(b)) = (role, &broker) {
+            if b.journal.has_failed() {
+                // Before the lifecycle noticed: a broker that cannot store does not serve.
+                store_error.get_or_insert_with(|| "a journal write or fsync failed".into());
+            }
             if b.shutdown.is_cancelled() {
                 role = Role::Stopping;
             } else {
-                serving = b.gate.is_open();
+                serving = b.gate.is_open() && store_error.is_none();
             }
         }
         let master_for = s.term_started.map(|t| t.elapsed());
@@ -351,6 +377,7 @@ impl Status {
             master_for,
             master_time: s.master_time + master_for.unwrap_or_default(),
             broker,
+            store_error,
         }
     }
 
@@ -386,6 +413,7 @@ impl Status {
             connections: Connections { open, total },
             consumers,
             admin: self.admin_addr().map(|a| a.to_string()),
+            store_error: v.store_error,
         }
     }
 
@@ -403,6 +431,7 @@ struct View {
     master_for: Option<Duration>,
     master_time: Duration,
     broker: Option<Arc<Broker>>,
+    store_error: Option<String>,
 }
 
 /// Connection counts in [`StatusReport`].
@@ -456,6 +485,8 @@ pub struct StatusReport {
     pub consumers: u64,
     /// Address of this admin endpoint.
     pub admin: Option<String>,
+    /// Why the store failed, while the broker cannot store (then it does not serve).
+    pub store_error: Option<String>,
 }
 
 fn consumer_count(b: &Broker) -> u64 {
@@ -521,6 +552,12 @@ async fn metrics(State(app): State<App>) -> Response {
 async fn health(State(app): State<App>) -> Response {
     let v = app.status.view();
     let body = match (v.role, v.epoch) {
+        _ if !v.serving && v.store_error.is_some() => {
+            format!(
+                "store failed: {}\n",
+                v.store_error.as_deref().unwrap_or_default()
+            )
+        }
         (Role::Master, Some(e)) if v.serving => format!("master epoch {e}\n"),
         (Role::Master, _) if !v.serving => "master, suspended\n".to_string(),
         (role, _) => format!("{}\n", role.as_str()),
@@ -704,6 +741,16 @@ impl Collector for BrokerCollector {
             "fabricmq_master_terms",
             "Terms as master this process started (failovers and hand-overs it took part in).",
             status.master_terms.load(Ordering::Relaxed),
+        )?;
+        f.gauge(
+            "fabricmq_store_failed",
+            "1 while the store has failed (a journal write or fsync: disk full, I/O error) and no broker serves on a re-opened store yet; /health answers 503 meanwhile.",
+            i64::from(v.store_error.is_some()),
+        )?;
+        f.counter(
+            "fabricmq_store_failures",
+            "Times the store failed in this process (each makes the broker step down and re-open it).",
+            status.store_failures.load(Ordering::Relaxed),
         )?;
         if status.fabric.is_some() {
             let zk = status.zk_state();
@@ -1012,6 +1059,26 @@ mod tests {
         );
         assert!(text.contains("fabricmq_master_terms_total 0\n"), "{text}");
         assert!(!text.contains("fabricmq_connections"), "no broker: {text}");
+
+        // A store failure is counted once, whatever the attempts to re-open it, and reported
+        // until a broker serves again.
+        let st = Status::standalone();
+        st.set_role(Role::Recovering);
+        st.store_failed("journal I/O error: No space left on device");
+        st.store_failed("journal I/O error: still no space");
+        let r = st.report();
+        assert!(!r.serving);
+        assert_eq!(
+            r.store_error.as_deref(),
+            Some("journal I/O error: still no space")
+        );
+        let text = exposition(&st);
+        assert!(text.contains("fabricmq_store_failed 1\n"), "{text}");
+        assert!(text.contains("fabricmq_store_failures_total 1\n"), "{text}");
+        assert!(
+            text.contains("fabricmq_role{role=\"recovering\"} 1\n"),
+            "{text}"
+        );
 
         // A standalone broker has no ZooKeeper state.
         let text = exposition(&Status::standalone());

@@ -875,7 +875,8 @@ impl Conn {
                 Ok(())
             }
             Command::Disconnect => {
-                self.receipt_now(&f);
+                // Its RECEIPT also says that the acks and sends before it are stored.
+                self.receipt_when_durable(&f, true);
                 self.closing = true;
                 Ok(())
             }
@@ -1474,8 +1475,32 @@ impl Conn {
                 self.broker.apply(out.effects);
             }
         }
-        self.receipt_now(&f);
+        self.receipt_when_durable(&f, false);
         Ok(())
+    }
+
+    /// Receipts `f` only once what it changed is durable: the acks collected so far are appended
+    /// now (not lazily) and the RECEIPT follows their fsync; `flush` also waits for everything this
+    /// connection appended lazily before. When the journal cannot store them the client gets an
+    /// ERROR instead (and the connection closes): its messages come back, flagged `redelivered`.
+    fn receipt_when_durable(&mut self, f: &Frame, flush: bool) {
+        let Some(r) = f.get("receipt").map(str::to_string) else {
+            return;
+        };
+        if self.journal_acks.is_empty() && !flush {
+            self.push_receipt(receipt_frame(&r));
+            return;
+        }
+        let stored = self
+            .broker
+            .journal
+            .append(std::mem::take(&mut self.journal_acks));
+        self.receipts.push_back(Box::pin(async move {
+            Completion::frame(Some(match stored.await {
+                Ok(()) => receipt_frame(&r),
+                Err(e) => error_frame("acknowledgement not stored", &e.to_string(), Some(&r)),
+            }))
+        }));
     }
 
     /// Takes `first` and whatever else is queued in the outbox (bounded in count and bytes), loads

@@ -261,6 +261,7 @@ async fn term(
             lock: lock_mode,
             gate: gate.clone(),
             temp_dir: Some(temp_dir),
+            addrs: None,
         },
         server_token.clone(),
     )
@@ -564,7 +565,9 @@ async fn watch_term(
                 if journal.has_failed() {
                     // Disk full or an I/O error: never retry an fsync; hand the store over (a
                     // new term, here or on a slave, re-reads what really is on disk).
-                    return Ended::StepDown("a journal write failed (disk full or I/O error)".into());
+                    let reason = crate::standalone::failure_reason(journal).await;
+                    ha.status.store_failed(&reason);
+                    return Ended::StepDown(format!("a journal write failed: {reason}"));
                 }
                 if let Some(since) = suspended_since {
                     if since.elapsed() > grace {

@@ -13,6 +13,7 @@
 //! - [`connection`]: one task per client connection (STOMP frames, receipts, heart-beats);
 //! - [`ha`]: the fabric lifecycle (election in ZooKeeper, fencing, two-stage session handling);
 //! - [`server`]: start-up (recovery, bind), accept loop, graceful shutdown;
+//! - [`standalone`]: the standalone lifecycle (re-opens the store after a write or fsync failed);
 //! - [`store`]: the segmented, CRC-checked, group-committed journal;
 //! - [`tls`]: the `[tls]` section's certificates for `stomp+ssl://` listeners.
 
@@ -30,6 +31,7 @@ pub mod message;
 pub mod pattern;
 pub mod producers;
 pub mod server;
+pub mod standalone;
 pub mod tls;
 
 pub mod store;

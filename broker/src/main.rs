@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use fabricmq_broker::admin;
 use fabricmq_broker::config::BrokerConfig;
-use fabricmq_broker::{admin, server};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -234,25 +234,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             fabricmq_broker::ha::run(config, ha, shutdown).await;
             return anyhow::Ok(());
         }
-        let started = server::start(config, shutdown.clone()).await?;
-        let addrs: Vec<String> = started
-            .local_listeners()
-            .iter()
-            .map(|(scheme, a)| format!("{scheme}://{a}"))
-            .collect();
-        status.serving_standalone(&addrs, &started.broker);
-        if let Some(path) = &cli.ready_file {
-            let admin = status.admin_addr().map(|a| a.to_string());
-            let json = serde_json::json!({
-                "listeners": addrs, "pid": std::process::id(), "admin": admin,
-            });
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, json.to_string())
-                .and_then(|_| std::fs::rename(&tmp, path))
-                .with_context(|| format!("writing ready file {}", path.display()))?;
-        }
-        tokio::spawn(signals(shutdown));
-        started.serve().await;
+        tokio::spawn(signals(shutdown.clone()));
+        let settings = fabricmq_broker::standalone::StandaloneSettings {
+            status,
+            ready_file: cli.ready_file.clone(),
+        };
+        fabricmq_broker::standalone::run(config, settings, shutdown).await?;
         anyhow::Ok(())
     })?;
     runtime.shutdown_timeout(Duration::from_secs(1));

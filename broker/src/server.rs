@@ -141,6 +141,10 @@ pub struct StartOptions {
     /// Directory of the temporary store (spilled non-persistent messages); `<data>/tmp` when
     /// `None`. Brokers sharing a data directory each need their own.
     pub temp_dir: Option<std::path::PathBuf>,
+    /// Addresses to bind instead of those the configured listeners resolve to, one per listener
+    /// in the same order (a standalone broker re-opening its store binds the ports it chose at
+    /// its first start again, also for listeners configured with port 0).
+    pub addrs: Option<Vec<SocketAddr>>,
 }
 
 impl Default for StartOptions {
@@ -150,6 +154,7 @@ impl Default for StartOptions {
             lock: LockMode::Required,
             gate: Arc::new(Gate::always_open()),
             temp_dir: None,
+            addrs: None,
         }
     }
 }
@@ -224,11 +229,14 @@ pub async fn start_with(
         warn!(file = %t.file.display(), offset = t.offset, dropped_bytes = t.dropped_bytes, reason = %t.reason, "torn journal tail truncated");
     }
     let mut listeners = Vec::new();
-    for url in config.listeners() {
-        let addr = url.socket_addr().map_err(|e| StartError::Bind {
-            url: url.to_string(),
-            source: std::io::Error::other(e),
-        })?;
+    for (i, url) in config.listeners().iter().enumerate() {
+        let addr = match opts.addrs.as_ref().and_then(|a| a.get(i)) {
+            Some(a) => *a,
+            None => url.socket_addr().map_err(|e| StartError::Bind {
+                url: url.to_string(),
+                source: std::io::Error::other(e),
+            })?,
+        };
         let l = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind {

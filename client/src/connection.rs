@@ -38,7 +38,7 @@ use crate::failover::{
 };
 use crate::message::{Message, Outgoing};
 use crate::options::{AckMode, ConnectOptions, SubscribeOptions};
-use crate::state::{AckTarget, Command, ConnState, DedupKey, SendReply, Waiter};
+use crate::state::{AckTarget, Command, ConnState, DedupKey, SendReply, SharedSeen, Waiter};
 use crate::url::BrokerUrl;
 
 /// Capacity of the command channel between handles and the connection task.
@@ -479,6 +479,9 @@ impl Connection {
         let (deliver, rx) = mpsc::channel(buffer);
         let sub_id = id.clone();
         let destination = destination.to_owned();
+        let dedup = self.inner.shared.failover && ack != AckMode::Auto;
+        let seen = dedup.then(|| SharedSeen::new(DEDUP_WINDOW, ack));
+        let task_seen = seen.clone();
         self.request(move |reply| Command::Subscribe {
             id: sub_id,
             destination,
@@ -486,11 +489,13 @@ impl Connection {
             opts,
             deliver,
             reply,
+            seen: task_seen,
         })
         .await?;
-        let stale = (self.inner.shared.failover && ack != AckMode::Auto).then(|| StaleFilter {
+        let stale = seen.map(|seen| StaleFilter {
             generation: self.inner.shared.generation.clone(),
             duplicates: self.inner.shared.duplicates.clone(),
+            seen,
         });
         Ok(Subscription {
             id,
@@ -545,19 +550,23 @@ impl Connection {
                 subscription: msg.subscription.clone(),
             }
         };
-        let seen = self
-            .inner
-            .shared
-            .failover
-            .then(|| (msg.subscription.clone(), DedupKey::of(msg)));
-        self.enqueue(Command::Ack {
+        if self.is_closed() {
+            return Err(ClientError::Closed);
+        }
+        let permit = self.reserve().await?;
+        if let (false, None, Some(seen)) = (nack, &transaction, &msg.seen) {
+            // Recorded now, before the ACK is even queued: a redelivery already
+            // buffered (or arriving before the connection task gets to the ACK)
+            // must be recognised from here on.
+            seen.acknowledged(&DedupKey::of(msg));
+        }
+        permit.send(Command::Ack {
             nack,
             target,
             transaction,
             generation: msg.generation,
-            seen,
-        })
-        .await
+        });
+        Ok(())
     }
 
     /// Starts a transaction: BEGIN is queued (without a receipt: if the broker
@@ -719,25 +728,75 @@ pub struct Subscription {
     stale: Option<StaleFilter>,
 }
 
-/// Drops messages delivered on an earlier connection of a failover session that are still in the
-/// subscription's buffer. Their ACK could not be sent any more (ack ids belong to the connection
-/// that delivered them), and the broker redelivers every unacknowledged message on the new
-/// connection, so handing them out would only produce a duplicate. Auto-ack subscriptions keep
-/// them: the broker does not redeliver those.
+/// Drops, in a failover session's acknowledging subscription, what the application must not
+/// see (counted as duplicates):
+/// - messages delivered on an earlier connection that are still in the buffer: their ACK could
+///   not be sent any more (ack ids belong to the connection that delivered them), and the broker
+///   redelivers every unacknowledged message on the new connection;
+/// - redeliveries of a message the application acknowledged after the redelivery reached the
+///   buffer (it held the first copy across a failover): the connection task could not drop those
+///   on arrival. Their ACK is sent (`client-individual`; a later cumulative ACK covers them in
+///   `client` mode), so the broker does not redeliver them again.
+///
+/// Auto-ack subscriptions have no filter: the broker does not redeliver those.
 struct StaleFilter {
     generation: Arc<AtomicU64>,
     duplicates: Arc<AtomicU64>,
+    seen: SharedSeen,
+}
+
+/// What [`StaleFilter`] decides for a message.
+#[derive(Debug, PartialEq, Eq)]
+enum Filtered {
+    /// Hand it to the application.
+    Keep,
+    /// Drop it.
+    Drop,
+    /// Drop it and acknowledge it on the broker (a redelivery of an acknowledged message).
+    DropAndAck,
 }
 
 impl StaleFilter {
-    /// True if `msg` must be dropped (and counts it).
-    fn drops(&self, msg: &Message) -> bool {
-        let stale = msg.generation < self.generation.load(Ordering::Acquire);
-        if stale {
+    /// What to do with `msg` (a dropped one is counted as a duplicate).
+    fn check(&self, msg: &Message) -> Filtered {
+        if msg.generation < self.generation.load(Ordering::Acquire) {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(message_id = %msg.message_id, "dropping a message buffered from an earlier connection");
+            return Filtered::Drop;
         }
-        stale
+        if !self.seen.is_acked(&DedupKey::of(msg)) {
+            return Filtered::Keep;
+        }
+        self.duplicates.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(message_id = %msg.message_id, redelivered = msg.redelivered,
+            "dropping a buffered redelivery of a message acknowledged meanwhile");
+        // `client` mode: the application's next cumulative ACK covers it.
+        if self.seen.mode() == AckMode::ClientIndividual {
+            Filtered::DropAndAck
+        } else {
+            Filtered::Drop
+        }
+    }
+
+    /// [`check`](Self::check) for the synchronous paths (`try_recv`, `Stream`): the ACK of a
+    /// dropped redelivery is queued by a task of its own (outside a runtime the copy stays
+    /// unacknowledged until the next reconnect, where it is dropped again).
+    fn drops(&self, msg: &Message, conn: &Connection) -> bool {
+        match self.check(msg) {
+            Filtered::Keep => false,
+            Filtered::Drop => true,
+            Filtered::DropAndAck => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let (conn, msg) = (conn.clone(), msg.clone());
+                    runtime.spawn(async move {
+                        if let Err(e) = conn.ack(&msg).await {
+                            tracing::debug!(error = %e, "cannot acknowledge a dropped redelivery");
+                        }
+                    });
+                }
+                true
+            }
+        }
     }
 }
 
@@ -759,21 +818,45 @@ impl Subscription {
     /// The next message, or `None` once the subscription ended.
     ///
     /// # Cancel safety
-    /// Cancel safe: a message is never lost when the future is dropped.
+    /// Cancel safe: a message is never lost when the future is dropped. (Dropped while it
+    /// acknowledges a redelivery it filtered out, that ACK may not be sent: the copy then stays
+    /// unacknowledged on the broker until the connection ends.)
     pub async fn recv(&mut self) -> Option<Message> {
         loop {
             let msg = self.rx.recv().await?;
-            if !self.stale.as_ref().is_some_and(|f| f.drops(&msg)) {
-                return Some(msg);
+            match self
+                .stale
+                .as_ref()
+                .map_or(Filtered::Keep, |f| f.check(&msg))
+            {
+                Filtered::Keep => return Some(msg),
+                Filtered::Drop => {}
+                Filtered::DropAndAck => {
+                    // Queued before the next message is returned, so it precedes the
+                    // application's later ACKs and DISCONNECT.
+                    if let Err(e) = self.conn.ack(&msg).await {
+                        debug!(error = %e, "cannot acknowledge a dropped redelivery");
+                    }
+                }
             }
         }
+    }
+
+    /// Messages received from the broker and waiting in this subscription's buffer (not yet
+    /// returned by [`recv`](Self::recv); some may still be dropped as duplicates then).
+    pub fn buffered(&self) -> usize {
+        self.rx.len()
     }
 
     /// The next message if one is already buffered.
     pub fn try_recv(&mut self) -> Option<Message> {
         loop {
             let msg = self.rx.try_recv().ok()?;
-            if !self.stale.as_ref().is_some_and(|f| f.drops(&msg)) {
+            if !self
+                .stale
+                .as_ref()
+                .is_some_and(|f| f.drops(&msg, &self.conn))
+            {
                 return Some(msg);
             }
         }
@@ -825,7 +908,12 @@ impl futures::Stream for Subscription {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         loop {
             match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(msg)) if self.stale.as_ref().is_some_and(|f| f.drops(&msg)) => {
+                Poll::Ready(Some(msg))
+                    if self
+                        .stale
+                        .as_ref()
+                        .is_some_and(|f| f.drops(&msg, &self.conn)) =>
+                {
                     continue
                 }
                 other => return other,

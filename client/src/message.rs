@@ -76,6 +76,9 @@ pub struct Message {
     /// An ACK for a message of an earlier connection is not sent: the broker
     /// redelivers the message on the new connection anyway.
     pub(crate) generation: u64,
+    /// The subscription's de-duplication window (failover sessions,
+    /// acknowledging subscriptions): acknowledging records the message there.
+    pub(crate) seen: Option<crate::state::SharedSeen>,
 }
 
 impl Message {
@@ -138,6 +141,7 @@ impl Message {
             headers: frame.headers,
             body: frame.body,
             generation: 0,
+            seen: None,
         }
     }
 }

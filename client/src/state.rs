@@ -19,10 +19,17 @@
 //! connection is dropped instead of handed to the application twice; and the
 //! transactions open when a connection failed, which then fail with
 //! [`ClientError::TransactionLost`].
+//!
+//! The window is shared ([`SharedSeen`]) with the application side: an ACK is
+//! recorded when the application makes it (not when this task gets to it), and
+//! the subscription handle checks the window again when it hands a message
+//! out. A redelivery can reach the buffer while the application still holds the
+//! first copy (delivered just before a failover, acknowledged after the new
+//! connection redelivered it); checking only on arrival let that copy through.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -78,6 +85,10 @@ pub(crate) enum Command {
         opts: SubscribeOptions,
         deliver: mpsc::Sender<Message>,
         reply: Waiter,
+        /// The de-duplication window the subscription handle shares (failover
+        /// sessions, acknowledging subscriptions); `None`: made here if the
+        /// session de-duplicates.
+        seen: Option<SharedSeen>,
     },
     /// UNSUBSCRIBE; with a receipt when `reply` is set.
     Unsubscribe { id: String, reply: Option<Waiter> },
@@ -87,11 +98,9 @@ pub(crate) enum Command {
         target: AckTarget,
         transaction: Option<Arc<str>>,
         /// The connection generation of the message (see [`Message`]); an
-        /// ACK for an earlier connection's delivery is not written.
+        /// ACK for an earlier connection's delivery is not written. (The
+        /// handle already recorded the ACK in the message's [`SharedSeen`].)
         generation: u64,
-        /// The subscription and identity of the message, recorded as
-        /// acknowledged for client-side de-duplication (failover only).
-        seen: Option<(String, DedupKey)>,
     },
     /// BEGIN (no receipt: a failed BEGIN makes the COMMIT fail).
     Begin { transaction: Arc<str> },
@@ -198,7 +207,7 @@ struct SubEntry {
     opts: SubscribeOptions,
     deliver: mpsc::Sender<Message>,
     /// Client-side de-duplication (failover sessions, non-auto acks only).
-    seen: Option<Seen>,
+    seen: Option<SharedSeen>,
 }
 
 /// What identifies a message across redeliveries: the producer's id and
@@ -232,6 +241,59 @@ struct Seen {
     order: VecDeque<DedupKey>,
     /// `client` mode only: handed to the application, not yet acknowledged.
     handed: VecDeque<DedupKey>,
+}
+
+/// A subscription's [`Seen`], shared by the connection task (drops redeliveries
+/// as they arrive), the messages it delivers (an ACK records itself the moment
+/// the application makes it) and the subscription handle (drops a redelivery
+/// buffered before the application acknowledged its first copy).
+#[derive(Clone)]
+pub(crate) struct SharedSeen {
+    seen: Arc<Mutex<Seen>>,
+    mode: AckMode,
+}
+
+impl std::fmt::Debug for SharedSeen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSeen")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedSeen {
+    /// An empty window of `window` acknowledged messages for a subscription in
+    /// `mode`.
+    pub(crate) fn new(window: usize, mode: AckMode) -> SharedSeen {
+        SharedSeen {
+            seen: Arc::new(Mutex::new(Seen::new(window))),
+            mode,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The application acknowledged `key` (`client` mode: and everything
+    /// handed out before it).
+    pub(crate) fn acknowledged(&self, key: &DedupKey) {
+        let mut seen = self.lock();
+        match self.mode {
+            AckMode::Client => seen.acked_up_to(key),
+            _ => seen.record(key.clone()),
+        }
+    }
+
+    /// Whether the application acknowledged a copy of `key`.
+    pub(crate) fn is_acked(&self, key: &DedupKey) -> bool {
+        self.lock().acked.contains(key)
+    }
+
+    /// The subscription's acknowledgement mode.
+    pub(crate) fn mode(&self) -> AckMode {
+        self.mode
+    }
 }
 
 impl Seen {
@@ -423,11 +485,14 @@ impl ConnState {
                 opts,
                 deliver,
                 reply,
+                seen,
             } => {
                 let receipt = self.receipt_id();
                 self.encode_subscribe(&id, &destination, ack, &opts, Some(receipt), out);
-                let seen = (self.dedup_window > 0 && ack != AckMode::Auto)
-                    .then(|| Seen::new(self.dedup_window));
+                let seen = seen.or_else(|| {
+                    (self.dedup_window > 0 && ack != AckMode::Auto)
+                        .then(|| SharedSeen::new(self.dedup_window, ack))
+                });
                 self.subs.insert(
                     id.clone(),
                     SubEntry {
@@ -471,22 +536,10 @@ impl ConnState {
                 target,
                 transaction,
                 generation,
-                seen,
             } => {
                 if let Some(t) = &transaction {
                     if self.lost_tx.contains(t) {
                         return None;
-                    }
-                }
-                if let (false, None, Some((sub, key))) = (nack, &transaction, seen) {
-                    if let Some(entry) = self.subs.get_mut(&sub) {
-                        let mode = entry.ack;
-                        if let Some(seen) = entry.seen.as_mut() {
-                            match mode {
-                                AckMode::Client => seen.acked_up_to(&key),
-                                _ => seen.record(key),
-                            }
-                        }
                     }
                 }
                 if generation != self.generation {
@@ -776,13 +829,14 @@ impl ConnState {
         let mode = sub.ack;
         let mut handed = None;
         let mut duplicate = false;
-        if let Some(seen) = sub.seen.as_mut() {
+        if let Some(seen) = &sub.seen {
             let key = DedupKey::of(&msg);
-            if seen.acked.contains(&key) {
+            if seen.is_acked(&key) {
                 duplicate = true;
             } else if mode == AckMode::Client {
                 handed = Some(key);
             }
+            msg.seen = Some(seen.clone());
         }
         if duplicate {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -807,10 +861,10 @@ impl ConnState {
         }
         let disconnecting = self.is_disconnecting();
         let sub = self.subs.get_mut(&msg.subscription)?;
-        if let (Some(key), Some(seen)) = (handed, sub.seen.as_mut()) {
+        if let (Some(key), Some(seen)) = (handed, &sub.seen) {
             // Counted as handed out even if parked: it is delivered once the
             // buffer has room (or redelivered after a failover).
-            seen.handed(key);
+            seen.lock().handed(key);
         }
         match sub.deliver.try_send(msg) {
             Ok(()) => None,
@@ -908,11 +962,11 @@ impl ConnState {
             let receipt = sub_receipts.get(id.as_str()).copied();
             self.encode_subscribe(id, &s.destination, s.ack, &s.opts, receipt, out);
         }
-        for seen in self.subs.values_mut().filter_map(|s| s.seen.as_mut()) {
+        for seen in self.subs.values().filter_map(|s| s.seen.as_ref()) {
             // Handed out on the old connection and not acknowledged: the
             // broker redelivers them, and the application may still ack them
             // (recorded then). Nothing to carry.
-            seen.handed.clear();
+            seen.lock().handed.clear();
         }
         let pending = std::mem::take(&mut self.pending);
         for (receipt, p) in pending {
@@ -1087,6 +1141,7 @@ mod tests {
                 opts: SubscribeOptions::default(),
                 deliver,
                 reply: w,
+                seen: None,
             },
             &mut out,
         );
@@ -1167,6 +1222,7 @@ mod tests {
                 },
                 deliver,
                 reply: w,
+                seen: None,
             },
             &mut out,
         );
@@ -1281,7 +1337,6 @@ mod tests {
                 target: AckTarget::Id("a:b\r".into()),
                 transaction: None,
                 generation: 0,
-                seen: None,
             },
             &mut out,
         );
@@ -1325,7 +1380,6 @@ mod tests {
                     target,
                     transaction: Some(Arc::from("tx-1")),
                     generation: 0,
-                    seen: None,
                 },
                 &mut out,
             );
@@ -1354,6 +1408,7 @@ mod tests {
                 opts: SubscribeOptions::default(),
                 deliver,
                 reply: w,
+                seen: None,
             },
             &mut out,
         );
@@ -1368,7 +1423,6 @@ mod tests {
                 target,
                 transaction: None,
                 generation: 0,
-                seen: None,
             },
             &mut out,
         );

@@ -574,3 +574,81 @@ async fn heart_beats_detect_a_silent_broker() {
     conn.send(Outgoing::new("/queue/hb", "x")).await.unwrap();
     conn.disconnect().await.unwrap();
 }
+
+fn held(seq: u64) -> Outgoing {
+    Outgoing {
+        destination: "/queue/held".into(),
+        body: format!("m{seq}").into(),
+        persistent: Some(true),
+        producer: Some(("held-producer".into(), seq)),
+        ..Default::default()
+    }
+}
+
+/// A message the application holds across a failover and acknowledges only after the new
+/// connection's redelivery of it already waits in the subscription's buffer reaches the
+/// application once: the subscription drops the buffered copy and acknowledges it on the broker
+/// (so it does not come back either). With de-duplication only on arrival the copy was buffered
+/// before the ACK and then handed out: the "ack racing a failover" of issue 10 (item 9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_acknowledged_after_its_redelivery_arrived_is_seen_once() {
+    let mut broker = Broker::start().await;
+    let url = failover_url(&[&broker], "initialReconnectDelay=10&maxReconnectDelay=100");
+    let producer = Connection::connect(&url, opts()).await.unwrap();
+    let consumer = Connection::connect(&url, opts()).await.unwrap();
+    let mut events = consumer.events();
+    let mut sub = consumer
+        .subscribe(
+            "/queue/held",
+            AckMode::ClientIndividual,
+            SubscribeOptions::default(),
+        )
+        .await
+        .unwrap();
+    producer.send(held(1)).await.unwrap();
+    let first = within(10, "first delivery", sub.recv()).await.unwrap();
+    assert_eq!(&first.body[..], b"m1");
+
+    // The application still holds m1 when the broker dies; the new connection redelivers it.
+    broker.kill();
+    broker.restart().await;
+    within(10, "resumed", resumed(&mut events)).await;
+    within(10, "the redelivery buffered", async {
+        while sub.buffered() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    // Now the application acknowledges the copy it holds, and reads on.
+    consumer.ack(&first).await.unwrap();
+    producer.send(held(2)).await.unwrap();
+    let next = within(10, "next message", sub.recv()).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&next.body),
+        "m2",
+        "the application got m1 twice (redelivered: {})",
+        next.redelivered
+    );
+    assert!(consumer.duplicates_dropped() >= 1);
+    consumer.ack(&next).await.unwrap();
+    consumer.disconnect().await.unwrap();
+
+    // The broker had the dropped copy acknowledged: nothing comes back.
+    producer.send(held(3)).await.unwrap();
+    let mut sub = producer
+        .subscribe(
+            "/queue/held",
+            AckMode::ClientIndividual,
+            SubscribeOptions::default(),
+        )
+        .await
+        .unwrap();
+    let last = within(10, "last message", sub.recv()).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&last.body),
+        "m3",
+        "m1 or m2 came back"
+    );
+    producer.disconnect().await.unwrap();
+}

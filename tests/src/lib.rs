@@ -6,6 +6,7 @@
 //!   test fails; a test fails if a broker panicked. Processes are killed and reaped on drop, by PID.
 //! - [`inproc`]: a broker served inside the test process (for dispatch semantics).
 //! - [`raw`]: a STOMP connection that shows exactly what the broker sends.
+//! - [`tmpfs`]: a small tmpfs mount and a filler that takes all its space (disk-full faults).
 //! - [`chaos`]: the chaos suite behind the `mq-chaos` binary (network namespaces, workload,
 //!   history, checker).
 
@@ -13,3 +14,4 @@ pub mod chaos;
 pub mod inproc;
 pub mod process;
 pub mod raw;
+pub mod tmpfs;

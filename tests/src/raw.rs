@@ -53,6 +53,42 @@ impl Raw {
         r
     }
 
+    /// Like [`Raw::connect`], but reports a refused connection or login (within [`WAIT`]) as
+    /// an error (the frame or the reason) instead of panicking.
+    pub async fn try_connect(addr: SocketAddr, login: &str, pass: &str) -> Result<Raw, String> {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut r = Raw {
+            stream,
+            buf: BytesMut::new(),
+            dec: Decoder::new(FrameLimits::default()),
+            connected: Frame::new(Command::Connected),
+            puts: 0,
+        };
+        let connect = Frame::new(Command::Connect)
+            .header("accept-version", "1.2")
+            .header("host", "localhost")
+            .header("login", login)
+            .header("passcode", pass)
+            .header("heart-beat", "0,0");
+        let mut out = BytesMut::new();
+        encode(&connect, Version::V1_2, &mut out);
+        r.stream
+            .write_all(&out)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        match r.recv().await {
+            Some(f) if f.command == Command::Connected => {
+                r.connected = f;
+                Ok(r)
+            }
+            Some(f) => Err(format!("{f:?}")),
+            None => Err("closed without CONNECTED".into()),
+        }
+    }
+
     /// Writes one frame.
     pub async fn send(&mut self, f: Frame) {
         let mut out = BytesMut::new();

@@ -14,7 +14,6 @@
 //! Outputs (kept): `<out>/history.jsonl`, `<out>/summary.json`, `<out>/summary.txt` and the
 //! broker and ZooKeeper logs under `<out>/logs/`.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,6 +28,7 @@ use fabricmq_tests::chaos::history::{self, Event, Recorder};
 use fabricmq_tests::chaos::netns::{self, Net};
 use fabricmq_tests::chaos::workload::{self, Workload};
 use fabricmq_tests::process::{free_port, BrokerOptions, BrokerProcess};
+use fabricmq_tests::tmpfs::Mount;
 use nix::sys::signal::Signal;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -219,31 +219,6 @@ fn stale_mounts() -> anyhow::Result<Vec<String>> {
             (kind == "tmpfs" && at.contains("fabricmq-chaos-")).then(|| at.to_owned())
         })
         .collect())
-}
-
-/// A tmpfs mounted by the runner; unmounted on drop.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(at: &Path, bytes: u64) -> anyhow::Result<Mount> {
-        std::fs::create_dir_all(at)?;
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}")])
-            .arg("tmpfs")
-            .arg(at)
-            .status()
-            .context("running mount")?;
-        if !status.success() {
-            bail!("mount -t tmpfs at {} failed ({status})", at.display());
-        }
-        Ok(Mount(at.to_path_buf()))
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 /// One broker of the group.
@@ -804,22 +779,7 @@ impl Chaos {
 /// Writes `path` until the filesystem is full; returns the bytes written.
 async fn fill_disk(path: &Path) -> anyhow::Result<u64> {
     let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
-        let mut f = std::fs::File::create(&path)?;
-        let chunk = vec![0xA5u8; 1 << 20];
-        let mut written = 0u64;
-        loop {
-            match f.write(&chunk) {
-                Ok(0) => return Ok(written),
-                Ok(n) => written += n as u64,
-                Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) => {
-                    return Ok(written)
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    })
-    .await?
+    tokio::task::spawn_blocking(move || fabricmq_tests::tmpfs::fill(&path)).await?
 }
 
 /// Runs the workload on its own thread and runtime, every thread of which joins the clients'
