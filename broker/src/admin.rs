@@ -34,6 +34,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -522,8 +523,9 @@ struct AdminStats {
 /// the bound address in `status`.
 ///
 /// The accept loop is its own (not `axum::serve`) to bound what a client can hold: at most
-/// `limits.max_connections` connections (one more is answered `503` naming the key and closed at
-/// once, so held connections cannot exhaust the descriptors the STOMP listeners need), each
+/// `limits.max_connections` connections (one more is answered `503` naming the key and closed
+/// within a second, at most `max_connections` such at a time, so held connections cannot exhaust
+/// the descriptors the STOMP listeners need), each
 /// closed when a request's header does not arrive within `limits.header_read_timeout` (which
 /// also bounds idle keep-alive), each request answered `503` after `limits.request_timeout`.
 pub fn spawn(
@@ -558,6 +560,9 @@ async fn accept_loop(
     limits: AdminLimits,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    // Refused connections are closed within a second; at most as many at a time as served ones
+    // (beyond that they are dropped at once), so descriptors stay within twice the cap.
+    let refusing = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let busy = format!(
         "admin endpoint connection limit reached (admin.max_connections = {})\n",
         limits.max_connections
@@ -583,9 +588,31 @@ async fn accept_loop(
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             stats.refused_limit.fetch_add(1, Ordering::Relaxed);
-            // Best effort, never waits: the socket is new, its send buffer empty.
+            // Never waits: the socket is new, its send buffer empty.
             let _ = stream.try_write(busy.as_bytes());
-            drop(stream);
+            match refusing.clone().try_acquire_owned() {
+                // Read the request for a moment before closing, so the client sees the 503
+                // rather than a reset (closing with unread input sends RST).
+                Ok(p) => {
+                    tokio::spawn(async move {
+                        let _p = p;
+                        let mut s = stream;
+                        let _ = s.shutdown().await;
+                        let mut sink = [0u8; 4096];
+                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                            let mut total = 0;
+                            while total < 64 * 1024 {
+                                match s.read(&mut sink).await {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => total += n,
+                                }
+                            }
+                        })
+                        .await;
+                    });
+                }
+                Err(_) => drop(stream),
+            }
             continue;
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);

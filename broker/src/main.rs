@@ -327,13 +327,14 @@ fn warn_if_files_short(max_connections: usize, admin_connections: usize) {
     // The journal, its temporary store, listeners and the runtime need some descriptors too.
     const RESERVED: u64 = 64;
     if let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let wanted = max_connections as u64 + admin_connections as u64 + RESERVED;
+        // The admin endpoint holds up to its cap and closes up to as many refused connections.
+        let wanted = max_connections as u64 + 2 * admin_connections as u64 + RESERVED;
         if soft < wanted {
             warn!(
                 open_file_limit = soft,
                 max_connections,
                 admin_max_connections = admin_connections,
-                "the open file limit is below limits.max_connections + admin.max_connections + {RESERVED}; raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower them"
+                "the open file limit is below limits.max_connections + 2 × admin.max_connections + {RESERVED}; raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower them"
             );
         }
     }

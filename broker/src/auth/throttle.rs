@@ -2,9 +2,11 @@
 //!
 //! Owns two bounded tables (addresses, login names) of recent failures. After `n` failures of a
 //! key, the next password check for that key is not attempted before `base × 2^(n-1)` (capped at
-//! `max`) has passed since the previous attempt's slot: attempts of one key are spaced out, so a
-//! flood of concurrent wrong logins from one address costs one argon2 check per back-off period.
-//! An attempt whose slot lies beyond its CONNECT deadline is refused at once.
+//! `max`) has passed since the last failure. An address's attempts are also spaced out from each
+//! other (each reserves the next slot), so a flood of concurrent wrong logins from one address
+//! costs one argon2 check per back-off period; a login name's delay is not stacked that way, so
+//! an attack on a name delays its rightful user by at most `max`. An attempt whose slot lies
+//! beyond its CONNECT deadline is refused at once.
 //!
 //! Invariants:
 //! - each table holds at most `capacity` keys: inserting into a full table first drops entries
@@ -167,15 +169,12 @@ impl Throttle {
             self.stats.backoff_refused.fetch_add(1, Ordering::Relaxed);
             return Decision::Refuse { retry_after: wait };
         }
-        // Reserve: the attempt after this one waits one more back-off period.
+        // Reserve the address's slot: its next attempt waits one more back-off period, so
+        // concurrent attempts from one address are spaced out. A login name's slot is not
+        // reserved (only waited for): attempts from elsewhere on an attacked name must not queue
+        // a legitimate user behind the attacker's, so a name costs at most `max` of delay.
         if a.is_some() {
             if let Some(e) = addrs.map.get_mut(&addr) {
-                e.next_allowed = slot + self.delay(e.failures);
-                e.last_seen = now;
-            }
-        }
-        if u.is_some() {
-            if let Some(e) = users.map.get_mut(login) {
                 e.next_allowed = slot + self.delay(e.failures);
                 e.last_seen = now;
             }
@@ -308,6 +307,21 @@ mod tests {
         // Success clears both keys.
         t.succeeded(ip, "bob");
         assert_eq!(t.admit(ip, "bob", LONG), Decision::Go);
+    }
+
+    #[test]
+    fn an_attacked_name_delays_its_user_by_at_most_the_cap() {
+        let t = throttle(100);
+        for i in 0..50u32 {
+            t.failed(IpAddr::V4(std::net::Ipv4Addr::from(i)), "bob");
+        }
+        // Many concurrent attempts on the name from fresh addresses: none waits past the cap.
+        for i in 100..150u32 {
+            match t.admit(IpAddr::V4(std::net::Ipv4Addr::from(i)), "bob", LONG) {
+                Decision::Wait(w) => assert!(w <= Duration::from_secs(8), "{w:?}"),
+                d => panic!("{d:?}"),
+            }
+        }
     }
 
     #[test]
