@@ -907,6 +907,63 @@ mod tests {
     }
 
     #[test]
+    fn login_guard_and_admin_limits_are_checked_by_key() {
+        let mut c = BrokerConfig::default();
+        c.validate().unwrap();
+        let text = c.to_toml();
+        for key in [
+            "allow_default_admin",
+            "password_check_threads",
+            "password_check_queue",
+            "password_checks_per_address",
+            "failure_backoff",
+            "failure_backoff_max",
+            "failure_table_size",
+            "failure_forget_after",
+            "failure_log_per_second",
+            "max_connections",
+            "header_read_timeout",
+            "request_timeout",
+        ] {
+            assert!(
+                text.contains(key),
+                "{key} missing from --print-config:\n{text}"
+            );
+        }
+        for (toml, key) in [
+            (
+                "[auth]\npassword_check_threads = 0\n",
+                "auth.password_check_threads",
+            ),
+            (
+                "[auth]\npassword_checks_per_address = 0\n",
+                "auth.password_checks_per_address",
+            ),
+            (
+                "[auth]\nfailure_backoff = \"10s\"\n",
+                "auth.failure_backoff",
+            ),
+            (
+                "[auth]\nfailure_table_size = 0\n",
+                "auth.failure_table_size",
+            ),
+            ("[admin]\nmax_connections = 0\n", "admin.max_connections"),
+            (
+                "[admin]\nheader_read_timeout = \"0s\"\n",
+                "admin.header_read_timeout",
+            ),
+            (
+                "[admin]\nrequest_timeout = \"0s\"\n",
+                "admin.request_timeout",
+            ),
+        ] {
+            let mut c = BrokerConfig::from_toml(toml).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+    }
+
+    #[test]
     fn tls_settings_are_checked() {
         // A TLS listener without [tls]: the key is named.
         let mut c = BrokerConfig::from_toml("listen = [\"stomp+ssl://127.0.0.1:0\"]").unwrap();

@@ -518,6 +518,78 @@ mod tests {
     }
 
     #[test]
+    fn default_admin_only_on_loopback_standalone_unless_allowed() {
+        let config = |listen: &str, users: bool, allow: bool| {
+            let mut c = crate::config::BrokerConfig::default();
+            c.listen = vec![listen.to_string()];
+            c.auth.users_file = users.then(|| PathBuf::from("/etc/users.toml"));
+            c.auth.allow_default_admin = allow;
+            c.validate().unwrap();
+            c
+        };
+        assert!(check_default_admin(&config("stomp://127.0.0.1:0", false, false), false).is_ok());
+        assert!(check_default_admin(&config("stomp://[::1]:0", false, false), false).is_ok());
+        let e = check_default_admin(&config("stomp://0.0.0.0:61613", false, false), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0.0.0.0") && e.contains("--users"), "{e}");
+        let e = check_default_admin(&config("stomp://127.0.0.1:0", false, false), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fabric mode") && e.contains("--allow-default-admin"),
+            "{e}"
+        );
+        assert!(check_default_admin(&config("stomp://0.0.0.0:0", false, true), true).is_ok());
+        assert!(check_default_admin(&config("stomp://0.0.0.0:0", true, false), true).is_ok());
+    }
+
+    #[tokio::test]
+    async fn login_is_guarded_by_the_pool_and_the_back_off() {
+        let h = hash_password("s3cret").unwrap();
+        let text = format!("[users.bob]\npassword = \"{h}\"\n");
+        let mut a = Authenticator::from_toml(&text, false).unwrap();
+        let mut settings = default_guard();
+        // Long enough that no stall of a loaded machine lets the back-off lapse in this test.
+        settings.backoff.base = std::time::Duration::from_secs(60);
+        settings.backoff.max = std::time::Duration::from_secs(60);
+        a.guard = Guard::new(settings);
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let later = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
+        let p = a
+            .login(Some("bob"), Some("s3cret"), ip, later)
+            .await
+            .unwrap();
+        assert_eq!(p.user, "bob");
+        assert_eq!(
+            a.login(Some("bob"), Some("nope"), ip, later).await,
+            Err(LoginError::Wrong)
+        );
+        // Back-off after a failure: an attempt due before its slot is refused, not waited for.
+        let now = tokio::time::Instant::now();
+        assert!(matches!(
+            a.login(Some("bob"), Some("s3cret"), ip, now).await,
+            Err(LoginError::BackedOff { .. })
+        ));
+        assert!(matches!(
+            a.login(
+                Some("eve"),
+                Some("nope"),
+                "10.9.9.9".parse().unwrap(),
+                later
+            )
+            .await,
+            Err(LoginError::Wrong)
+        ));
+        assert_eq!(
+            a.stats()
+                .checks_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+    }
+
+    #[test]
     fn dummy_hash_is_valid() {
         assert!(PasswordHash::new(DUMMY_HASH).is_ok());
     }
