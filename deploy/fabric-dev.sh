@@ -64,9 +64,10 @@ case "${1:-}" in
       --containers "$n" --listen "stomp://127.0.0.1:$stomp_port" --data "$dir/shared" 2>/dev/null \
       || "$bin/mq-fabric" --zk "$zk" profile edit dev --containers "$n" --data "$dir/shared"
     for i in $(seq "$n"); do
-      # Each container gets its own admin endpoint on a free port (see `status`).
+      # Each container gets its own admin endpoint on a free port (see `status`). A dev fabric on
+      # loopback logs in as admin/admin: fabric mode refuses that without --allow-default-admin.
       "$bin/mq-broker" --zk "$zk" --profile dev --container "broker$i" \
-        --admin-listen 127.0.0.1:0 \
+        --admin-listen 127.0.0.1:0 --allow-default-admin \
         --state-file "$dir/broker$i.state" >"$dir/broker$i.log" 2>&1 &
       echo $! >"$dir/broker$i.pid"
     done

@@ -34,6 +34,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -212,6 +213,7 @@ pub struct Status {
     store_failures: AtomicU64,
     zookeeper: AtomicU8,
     admin_addr: OnceLock<SocketAddr>,
+    admin_stats: Arc<AdminStats>,
 }
 
 impl Status {
@@ -234,6 +236,7 @@ impl Status {
             store_failures: AtomicU64::new(0),
             zookeeper: AtomicU8::new(ZkState::Connecting.index()),
             admin_addr: OnceLock::new(),
+            admin_stats: Arc::default(),
         })
     }
 
@@ -508,15 +511,66 @@ struct App {
     registry: Arc<Registry>,
 }
 
+/// The admin endpoint's own limits (`[admin]`), separate from the client listeners'.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminLimits {
+    /// `admin.max_connections`.
+    pub max_connections: usize,
+    /// `admin.header_read_timeout`.
+    pub header_read_timeout: Duration,
+    /// `admin.request_timeout`.
+    pub request_timeout: Duration,
+}
+
+impl AdminLimits {
+    /// The limits of an `[admin]` section.
+    pub fn from_config(a: &crate::config::AdminSettings) -> AdminLimits {
+        AdminLimits {
+            max_connections: a.max_connections,
+            header_read_timeout: a.header_read_timeout.0,
+            request_timeout: a.request_timeout.0,
+        }
+    }
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        Self::from_config(&crate::config::AdminSettings::default())
+    }
+}
+
+/// Counters of the admin endpoint's own connections (in `/metrics`).
+#[derive(Debug, Default)]
+struct AdminStats {
+    open: AtomicU64,
+    accepted: AtomicU64,
+    refused_limit: AtomicU64,
+    header_timeouts: AtomicU64,
+    request_timeouts: AtomicU64,
+    accept_errors: AtomicU64,
+}
+
 /// Serves the endpoint on `listener` in a task of its own, for the life of the runtime. Records
 /// the bound address in `status`.
-pub fn spawn(listener: TcpListener, status: Arc<Status>) -> tokio::task::JoinHandle<()> {
+///
+/// The accept loop is its own (not `axum::serve`) to bound what a client can hold: at most
+/// `limits.max_connections` connections (one more is answered `503` naming the key and closed
+/// within a second, at most `max_connections` such at a time, so held connections cannot exhaust
+/// the descriptors the STOMP listeners need), each
+/// closed when a request's header does not arrive within `limits.header_read_timeout` (which
+/// also bounds idle keep-alive), each request answered `503` after `limits.request_timeout`.
+pub fn spawn(
+    listener: TcpListener,
+    status: Arc<Status>,
+    limits: AdminLimits,
+) -> tokio::task::JoinHandle<()> {
     if let Ok(addr) = listener.local_addr() {
         status.set_admin_addr(addr);
-        info!(%addr, "admin endpoint listening (/metrics, /health, /status)");
+        info!(%addr, max_connections = limits.max_connections, "admin endpoint listening (/metrics, /health, /status)");
     }
     let mut registry = Registry::default();
     registry.register_collector(Box::new(BrokerCollector(status.clone())));
+    let stats = status.admin_stats.clone();
     let app = App {
         status,
         registry: Arc::new(registry),
@@ -527,11 +581,112 @@ pub fn spawn(listener: TcpListener, status: Arc<Status>) -> tokio::task::JoinHan
         .route("/health", get(health))
         .route("/status", get(status_json))
         .with_state(app);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            warn!(error = %e, "admin endpoint stopped");
-        }
-    })
+    tokio::spawn(accept_loop(listener, router, stats, limits))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    stats: Arc<AdminStats>,
+    limits: AdminLimits,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    // Refused connections are closed within a second; at most as many at a time as served ones
+    // (beyond that they are dropped at once), so descriptors stay within twice the cap.
+    let refusing = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let busy = format!(
+        "admin endpoint connection limit reached (admin.max_connections = {})\n",
+        limits.max_connections
+    );
+    let busy = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{busy}",
+        busy.len()
+    );
+    let mut last_warn: Option<Instant> = None;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE/ENFILE and the like: wait a little rather than spin.
+                stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    warn!(error = %e, "admin endpoint cannot accept a connection");
+                    last_warn = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            stats.refused_limit.fetch_add(1, Ordering::Relaxed);
+            // Never waits: the socket is new, its send buffer empty.
+            let _ = stream.try_write(busy.as_bytes());
+            match refusing.clone().try_acquire_owned() {
+                // Read the request for a moment before closing, so the client sees the 503
+                // rather than a reset (closing with unread input sends RST).
+                Ok(p) => {
+                    tokio::spawn(async move {
+                        let _p = p;
+                        let mut s = stream;
+                        let _ = s.shutdown().await;
+                        let mut sink = [0u8; 4096];
+                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                            let mut total = 0;
+                            while total < 64 * 1024 {
+                                match s.read(&mut sink).await {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => total += n,
+                                }
+                            }
+                        })
+                        .await;
+                    });
+                }
+                Err(_) => drop(stream),
+            }
+            continue;
+        };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let router = router.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let s2 = stats.clone();
+            let svc = hyper::service::service_fn(
+                move |req: axum::http::Request<hyper::body::Incoming>| {
+                    let router = router.clone();
+                    let stats = s2.clone();
+                    async move {
+                        use tower::ServiceExt;
+                        match tokio::time::timeout(limits.request_timeout, router.oneshot(req))
+                            .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => {
+                                stats.request_timeouts.fetch_add(1, Ordering::Relaxed);
+                                Ok((
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    "request not answered within admin.request_timeout\n",
+                                )
+                                    .into_response())
+                            }
+                        }
+                    }
+                },
+            );
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout);
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = http.serve_connection(io, svc).await {
+                if e.is_timeout() {
+                    stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
 }
 
 async fn index() -> &'static str {
@@ -764,11 +919,124 @@ impl Collector for BrokerCollector {
                 &states,
             )?;
         }
+        encode_admin(&mut f, &status.admin_stats)?;
         let Some(b) = &v.broker else {
             return Ok(());
         };
-        encode_broker(&mut f, b)
+        encode_broker(&mut f, b)?;
+        encode_auth(&mut f, b.auth.stats())
     }
+}
+
+fn encode_admin(f: &mut Family<'_, '_>, s: &AdminStats) -> std::fmt::Result {
+    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    f.gauge(
+        "fabricmq_admin_connections_open",
+        "Admin endpoint connections open now (at most admin.max_connections).",
+        r(&s.open),
+    )?;
+    f.counter(
+        "fabricmq_admin_connections",
+        "Admin endpoint connections accepted.",
+        r(&s.accepted),
+    )?;
+    f.counter(
+        "fabricmq_admin_connections_refused",
+        "Admin endpoint connections refused with 503 because admin.max_connections were open.",
+        r(&s.refused_limit),
+    )?;
+    f.counter(
+        "fabricmq_admin_header_timeouts",
+        "Admin endpoint connections closed because a request header did not arrive within admin.header_read_timeout.",
+        r(&s.header_timeouts),
+    )?;
+    f.counter(
+        "fabricmq_admin_request_timeouts",
+        "Admin endpoint requests answered 503 after admin.request_timeout.",
+        r(&s.request_timeouts),
+    )?;
+    f.counter(
+        "fabricmq_admin_accept_errors",
+        "Admin endpoint accept() failures (e.g. out of file descriptors).",
+        r(&s.accept_errors),
+    )
+}
+
+fn encode_auth(f: &mut Family<'_, '_>, s: &crate::auth::stats::AuthStats) -> std::fmt::Result {
+    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    f.gauge(
+        "fabricmq_auth_password_checks_running",
+        "Password checks (argon2) running now (at most auth.password_check_threads).",
+        r(&s.checks_running),
+    )?;
+    f.gauge(
+        "fabricmq_auth_password_checks_queued",
+        "Password checks waiting for a thread now (at most auth.password_check_queue).",
+        r(&s.checks_queued),
+    )?;
+    f.counter(
+        "fabricmq_auth_password_checks",
+        "Password checks run.",
+        r(&s.checks_total),
+    )?;
+    f.counters(
+        "fabricmq_auth_password_checks_rejected",
+        "Logins refused with `server busy` before any password check, by the limit reached.",
+        &[
+            (
+                vec![("limit", "auth.password_check_queue".to_owned())],
+                r(&s.checks_refused_busy),
+            ),
+            (
+                vec![("limit", "auth.password_checks_per_address".to_owned())],
+                r(&s.checks_refused_address),
+            ),
+        ],
+    )?;
+    f.counter(
+        "fabricmq_auth_password_checks_abandoned",
+        "Queued password checks dropped unrun because the client gave up.",
+        r(&s.checks_abandoned),
+    )?;
+    f.counter(
+        "fabricmq_auth_backoff_delays",
+        "Login attempts delayed by the back-off after failures (auth.failure_backoff).",
+        r(&s.backoff_delays),
+    )?;
+    f.counter_f64(
+        "fabricmq_auth_backoff_delay_seconds",
+        "Total back-off delay applied to login attempts.",
+        r(&s.backoff_delay_ms) as f64 / 1000.0,
+    )?;
+    f.counter(
+        "fabricmq_auth_backoff_refused",
+        "Login attempts refused with `too many failed logins` (back-off past the CONNECT deadline).",
+        r(&s.backoff_refused),
+    )?;
+    f.gauges(
+        "fabricmq_auth_backoff_entries",
+        "Keys in the back-off tables (each at most auth.failure_table_size).",
+        &[
+            (
+                vec![("table", "address".to_owned())],
+                r(&s.backoff_addresses) as i64,
+            ),
+            (
+                vec![("table", "login".to_owned())],
+                r(&s.backoff_logins) as i64,
+            ),
+        ],
+    )?;
+    f.counter(
+        "fabricmq_auth_backoff_evictions",
+        "Back-off entries evicted to keep the tables within auth.failure_table_size.",
+        r(&s.backoff_evictions),
+    )?;
+    f.counter(
+        "fabricmq_auth_log_lines_suppressed",
+        "Failed-login log lines not written (over auth.failure_log_per_second).",
+        r(&s.log_lines_suppressed),
+    )
 }
 
 fn encode_broker(f: &mut Family<'_, '_>, b: &Broker) -> std::fmt::Result {

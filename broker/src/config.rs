@@ -342,8 +342,8 @@ impl Default for JournalSettings {
     }
 }
 
-/// Authentication settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Authentication settings, including the guard against login floods (see [`crate::auth`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// TOML file of users with argon2 password hashes (see `mq-broker hash-password`). When unset,
@@ -351,6 +351,79 @@ pub struct AuthSettings {
     pub users_file: Option<PathBuf>,
     /// Accept connections without login (not recommended).
     pub allow_anonymous: bool,
+    /// Allow the built-in `admin`/`admin` login (no users file) in fabric mode or on a
+    /// non-loopback listener, where the broker otherwise refuses to start (insecure; logged).
+    pub allow_default_admin: bool,
+    /// Threads that verify passwords (argon2, 19 MiB each while running); default: the number of
+    /// cores.
+    pub password_check_threads: usize,
+    /// Logins that may wait for a password-check thread; more get `ERROR message:server busy`.
+    pub password_check_queue: usize,
+    /// Password checks one client address may have queued or running; more get `server busy`.
+    /// Default: half of `password_check_threads` (at least 1).
+    pub password_checks_per_address: usize,
+    /// Back-off after the first failed login of an address or login name; it doubles with each
+    /// further failure.
+    pub failure_backoff: HumanDuration,
+    /// Longest back-off; an attempt whose back-off would pass `limits.connect_timeout` is refused
+    /// at once with `ERROR message:too many failed logins`.
+    pub failure_backoff_max: HumanDuration,
+    /// Addresses (and, separately, login names) remembered for back-off; the least recently
+    /// failed are evicted beyond it.
+    pub failure_table_size: usize,
+    /// An address or login name without failures for this long is forgotten.
+    pub failure_forget_after: HumanDuration,
+    /// Most failed-login log lines per second; the rest are counted and summarised.
+    pub failure_log_per_second: u32,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        AuthSettings {
+            users_file: None,
+            allow_anonymous: false,
+            allow_default_admin: false,
+            password_check_threads: threads,
+            password_check_queue: 32,
+            password_checks_per_address: (threads / 2).max(1),
+            failure_backoff: HumanDuration(Duration::from_millis(200)),
+            failure_backoff_max: HumanDuration(Duration::from_secs(5)),
+            failure_table_size: 10_000,
+            failure_forget_after: HumanDuration(Duration::from_secs(600)),
+            failure_log_per_second: 10,
+        }
+    }
+}
+
+impl AuthSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.password_check_threads == 0 {
+            return Err(invalid("auth.password_check_threads", "must be at least 1"));
+        }
+        if self.password_check_threads > 256 {
+            return Err(invalid(
+                "auth.password_check_threads",
+                "must be at most 256 (each running check holds 19 MiB)",
+            ));
+        }
+        if self.password_checks_per_address == 0 {
+            return Err(invalid(
+                "auth.password_checks_per_address",
+                "must be at least 1",
+            ));
+        }
+        if self.failure_backoff.0 > self.failure_backoff_max.0 {
+            return Err(invalid(
+                "auth.failure_backoff",
+                "must not exceed auth.failure_backoff_max",
+            ));
+        }
+        if self.failure_table_size == 0 {
+            return Err(invalid("auth.failure_table_size", "must be at least 1"));
+        }
+        Ok(())
+    }
 }
 
 // ---- [producers]: the de-duplication table (see crate::producers) ----
@@ -412,6 +485,16 @@ pub struct AdminSettings {
     /// set here (or with `--admin-listen`) must bind or the broker does not start.
     #[serde(serialize_with = "serialize_admin_listen")]
     pub listen: Option<String>,
+    /// Most admin HTTP connections open at once, separate from `limits.max_connections`; one
+    /// more is answered `503` and closed at once. Keep it well below the open-file limit minus
+    /// `limits.max_connections`, so a flood of admin connections never takes descriptors STOMP
+    /// clients need.
+    pub max_connections: usize,
+    /// Time a connection has to send a request's complete header (also the idle time allowed
+    /// between two requests on a kept-alive connection); then it is closed.
+    pub header_read_timeout: HumanDuration,
+    /// Time a request may take to be answered; then it gets `503`.
+    pub request_timeout: HumanDuration,
     #[serde(skip)]
     resolved: Option<SocketAddr>,
 }
@@ -421,6 +504,9 @@ impl Default for AdminSettings {
         AdminSettings {
             enabled: true,
             listen: None,
+            max_connections: 64,
+            header_read_timeout: HumanDuration(Duration::from_secs(5)),
+            request_timeout: HumanDuration(Duration::from_secs(10)),
             resolved: None,
         }
     }
@@ -447,6 +533,15 @@ impl AdminSettings {
 
     fn resolve(&mut self) -> Result<(), ConfigError> {
         self.resolved = None;
+        if self.max_connections == 0 {
+            return Err(invalid("admin.max_connections", "must be at least 1"));
+        }
+        if self.header_read_timeout.0.is_zero() {
+            return Err(invalid("admin.header_read_timeout", "must be more than 0s"));
+        }
+        if self.request_timeout.0.is_zero() {
+            return Err(invalid("admin.request_timeout", "must be more than 0s"));
+        }
         let listen = self
             .listen
             .as_deref()
@@ -723,6 +818,7 @@ impl BrokerConfig {
             return Err(invalid("journal.segment_bytes", "must be at least 1MiB"));
         }
         self.producers.validate()?;
+        self.auth.validate()?;
         self.admin.resolve()?;
         self.validate_tls()?;
         self.authz = crate::authz::Authorization::compile(&self.authorization)
@@ -853,6 +949,63 @@ mod tests {
         let mut c = BrokerConfig::from_toml("[admin]\nlisten = \"nowhere\"\n").unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("admin.listen"), "{e}");
+    }
+
+    #[test]
+    fn login_guard_and_admin_limits_are_checked_by_key() {
+        let mut c = BrokerConfig::default();
+        c.validate().unwrap();
+        let text = c.to_toml();
+        for key in [
+            "allow_default_admin",
+            "password_check_threads",
+            "password_check_queue",
+            "password_checks_per_address",
+            "failure_backoff",
+            "failure_backoff_max",
+            "failure_table_size",
+            "failure_forget_after",
+            "failure_log_per_second",
+            "max_connections",
+            "header_read_timeout",
+            "request_timeout",
+        ] {
+            assert!(
+                text.contains(key),
+                "{key} missing from --print-config:\n{text}"
+            );
+        }
+        for (toml, key) in [
+            (
+                "[auth]\npassword_check_threads = 0\n",
+                "auth.password_check_threads",
+            ),
+            (
+                "[auth]\npassword_checks_per_address = 0\n",
+                "auth.password_checks_per_address",
+            ),
+            (
+                "[auth]\nfailure_backoff = \"10s\"\n",
+                "auth.failure_backoff",
+            ),
+            (
+                "[auth]\nfailure_table_size = 0\n",
+                "auth.failure_table_size",
+            ),
+            ("[admin]\nmax_connections = 0\n", "admin.max_connections"),
+            (
+                "[admin]\nheader_read_timeout = \"0s\"\n",
+                "admin.header_read_timeout",
+            ),
+            (
+                "[admin]\nrequest_timeout = \"0s\"\n",
+                "admin.request_timeout",
+            ),
+        ] {
+            let mut c = BrokerConfig::from_toml(toml).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
     }
 
     #[test]

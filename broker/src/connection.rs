@@ -232,6 +232,7 @@ pub async fn serve(
             let (tx, rx) = mpsc::unbounded_channel();
             let mut conn = Conn::new(broker.clone(), conn_id, rd, wr, tx, rx);
             conn.connect_deadline = deadline;
+            conn.peer = peer.ip();
             conn.run().await;
             conn.settle_pending().await;
             conn.cleanup();
@@ -400,6 +401,8 @@ struct Conn {
     wr: Writer,
     /// When CONNECT must have arrived (the TLS handshake counts against it).
     connect_deadline: tokio::time::Instant,
+    /// The client's address (back-off and pool shares are per address).
+    peer: std::net::IpAddr,
     inbuf: BytesMut,
     outbuf: BytesMut,
     decoder: Decoder,
@@ -460,6 +463,7 @@ impl Conn {
             rd,
             wr,
             connect_deadline,
+            peer: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             // Both buffers are allocated when there is something to read or write and released
             // when they are empty again, so an idle connection holds no buffer at all (5,000
             // idle connections with two 64 KiB buffers each cost ~690 MiB of RSS once the
@@ -759,30 +763,21 @@ impl Conn {
                 return false;
             }
         };
-        let login = frame.get("login").map(str::to_string);
-        let passcode = frame.get("passcode").map(str::to_string);
+        // The authenticator guards the password check (pool, back-off) and logs refusals.
+        let login = frame.get("login");
+        let passcode = frame.get("passcode");
         let auth = self.broker.auth.clone();
-        let login2 = login.clone();
-        let principal = tokio::task::spawn_blocking(move || {
-            auth.authenticate(login2.as_deref(), passcode.as_deref())
-        })
-        .await
-        .ok()
-        .flatten();
-        let Some(principal) = principal else {
-            self.broker
-                .stats
-                .auth_failures
-                .fetch_add(1, Ordering::Relaxed);
-            warn!(
-                login = login.as_deref().unwrap_or(""),
-                "authentication failed"
-            );
-            self.fail(ConnError::new(
-                "authentication failed",
-                "the login or passcode is wrong",
-            ));
-            return false;
+        let principal = match auth.login(login, passcode, self.peer, deadline).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.broker
+                    .stats
+                    .auth_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.push_frame(&error_frame(e.message(), &e.to_string(), None));
+                self.fatal = true;
+                return false;
+            }
         };
         tracing::Span::current().record("login", principal.user.as_str());
         let ours = self.broker.config.limits.heart_beat_ms;

@@ -3,7 +3,8 @@
 //! Module map (each module's doc says what it owns and its invariants):
 //! - [`admin`]: the HTTP admin endpoint (`/metrics`, `/health`, `/status`);
 //! - [`config`]: typed, validated configuration (TOML file plus command-line overrides);
-//! - [`auth`]: users and password checks;
+//! - [`auth`]: users and password checks, guarded against login floods (bounded check pool,
+//!   back-off, rate-limited failure logs);
 //! - [`pattern`]: ActiveMQ-style destination wildcards for policies;
 //! - [`message`]: the in-memory message and deliveries;
 //! - [`destination`]: queues (competing consumers, prefetch, acks, redelivery, dead-letters) and

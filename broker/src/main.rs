@@ -36,9 +36,14 @@ struct Cli {
     /// Data directory holding the journal (default ./data).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// Users file (argon2 hashes); without one the default admin/admin login is active.
+    /// Users file (argon2 hashes); without one the default admin/admin login is active, which
+    /// is refused in fabric mode and on non-loopback listeners (see --allow-default-admin).
     #[arg(long, value_name = "FILE")]
     users: Option<PathBuf>,
+    /// Insecure: allow the built-in admin/admin login (no users file) in fabric mode or on a
+    /// non-loopback listener (`auth.allow_default_admin`); logged as a warning.
+    #[arg(long)]
+    allow_default_admin: bool,
     /// Start even if a journal segment before the last is corrupt (drops what follows the damage).
     #[arg(long)]
     salvage: bool,
@@ -200,6 +205,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.salvage {
         config.journal.salvage = true;
     }
+    if cli.allow_default_admin {
+        config.auth.allow_default_admin = true;
+    }
     if let Some(a) = &cli.admin_listen {
         config.admin.listen = Some(a.clone());
     }
@@ -211,7 +219,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         print!("{}", config.to_toml());
         return Ok(());
     }
-    warn_if_files_short(config.limits.max_connections);
+    fabricmq_broker::auth::check_default_admin(&config, ha.is_some())?;
+    warn_if_files_short(config.limits.max_connections, config.admin.max_connections);
     if let Some(users) = &config.auth.users_file {
         fabricmq_broker::file_perms::warn_if_exposed(users, "the users file (password hashes)");
     }
@@ -255,7 +264,11 @@ async fn start_admin(config: &BrokerConfig, status: &Arc<admin::Status>) -> anyh
     };
     match admin::bind(addr).await {
         Ok(listener) => {
-            admin::spawn(listener, status.clone());
+            admin::spawn(
+                listener,
+                status.clone(),
+                admin::AdminLimits::from_config(&config.admin),
+            );
             Ok(())
         }
         Err(e) if config.admin.explicit() => {
@@ -304,18 +317,21 @@ fn raise_open_file_limit() {
     }
 }
 
-/// Warns when `limits.max_connections` cannot be reached under the open file limit.
-fn warn_if_files_short(max_connections: usize) {
+/// Warns when `limits.max_connections` (plus the admin endpoint's `admin.max_connections`)
+/// cannot be reached under the open file limit.
+fn warn_if_files_short(max_connections: usize, admin_connections: usize) {
     use nix::sys::resource::{getrlimit, Resource};
     // The journal, its temporary store, listeners and the runtime need some descriptors too.
     const RESERVED: u64 = 64;
     if let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let wanted = max_connections as u64 + RESERVED;
+        // The admin endpoint holds up to its cap and closes up to as many refused connections.
+        let wanted = max_connections as u64 + 2 * admin_connections as u64 + RESERVED;
         if soft < wanted {
             warn!(
                 open_file_limit = soft,
                 max_connections,
-                "the open file limit is below limits.max_connections; raise the hard limit (ulimit -Hn, LimitNOFILE=)"
+                admin_max_connections = admin_connections,
+                "the open file limit is below limits.max_connections + 2 × admin.max_connections + {RESERVED}; raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower them"
             );
         }
     }

@@ -175,10 +175,7 @@ pub async fn start_with(
 ) -> Result<Started, StartError> {
     let started = Instant::now();
     let config = Arc::new(config);
-    let auth = Authenticator::load(
-        config.auth.users_file.as_deref(),
-        config.auth.allow_anonymous,
-    )?;
+    let auth = Authenticator::from_config(&config.auth)?;
     if auth.using_default_credentials() {
         warn!(
             "no users file configured: the default login admin/admin is active; set auth.users_file (see `mq-broker hash-password`)"

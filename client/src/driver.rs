@@ -41,6 +41,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `message` headers of an ERROR answering CONNECT that mean "not now" rather than "wrong login":
+/// the broker's password-check pool is full (`server busy`), its back-off after failed logins
+/// would pass the CONNECT deadline (`too many failed logins`), or the check did not finish in time
+/// (`connect timeout`).
+pub(crate) const TRANSIENT_CONNECT_ERRORS: [&str; 3] =
+    ["server busy", "too many failed logins", "connect timeout"];
+
 use bytes::{Buf, BytesMut};
 use fabricmq_stomp::{
     encode_heartbeat, negotiate_heart_beat, parse_heart_beat, Command as StompCommand, Decoder,
@@ -120,7 +127,8 @@ fn encode_connect(out: &mut BytesMut, host: &str, opts: &ConnectOptions, ours: (
 
 /// Sends CONNECT and waits for CONNECTED. Returns what was negotiated, plus the
 /// decoder and read buffer (which may already hold the broker's next frames).
-/// An ERROR in reply becomes [`ClientError::Auth`].
+/// An ERROR in reply becomes [`ClientError::Auth`], except the broker's transient refusals
+/// ([`TRANSIENT_CONNECT_ERRORS`]), which become [`ClientError::Server`].
 ///
 /// Not bounded in time by itself: the caller wraps it in the connect timeout.
 pub(crate) async fn handshake<S>(
@@ -166,6 +174,14 @@ where
                 Some(m) => lenient_unescape(m),
                 None => String::from_utf8_lossy(&frame.body).trim().to_owned(),
             };
+            // The broker's login guard refuses for now, not for good: these are worth retrying
+            // (a failover transport does; an `Auth` error it never retries).
+            if TRANSIENT_CONNECT_ERRORS.contains(&message.as_str()) {
+                return Err(ClientError::Server {
+                    message,
+                    detail: String::from_utf8_lossy(&frame.body).trim().to_owned(),
+                });
+            }
             return Err(ClientError::Auth { message });
         }
         other => {

@@ -69,7 +69,7 @@ for i in 0 1; do
   "$bin/mq-broker" --zk "127.0.0.1:$zk_port" --group haproxy --container "broker$n" \
     --listen "stomp://127.0.0.1:${stomp[$i]}" --data "$work/shared" \
     --admin-listen "127.0.0.1:${admin[$i]}" --state-file "$work/broker$n.state" \
-    --advertise-host 127.0.0.1 >"$work/broker$n.log" 2>&1 &
+    --advertise-host 127.0.0.1 --allow-default-admin >"$work/broker$n.log" 2>&1 &
   pids+=($!)
   echo "$!" >"$work/broker$n.pid"
   disown "$!" # no "Killed" job notice when the master is killed below

@@ -131,6 +131,9 @@ impl BrokerProcess {
                     .arg(&state)
                     .arg("--advertise-host")
                     .arg(opts.advertise_host.as_deref().unwrap_or("127.0.0.1"));
+                // Issue 10: fabric mode refuses the built-in admin/admin login without this flag;
+                // the tests log in as admin/admin (a users file given in `args` takes precedence).
+                cmd.arg("--allow-default-admin");
             }
         }
         cmd.args(&opts.args)

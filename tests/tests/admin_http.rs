@@ -624,3 +624,100 @@ async fn health_follows_the_master_through_a_failover() {
     .await;
     g.no_panics();
 }
+
+/// Issue 10, item 7: held admin connections used to take every descriptor of the broker (20,000
+/// of them: STOMP clients refused with "Too many open files", `/health` timing out). Now the
+/// admin endpoint holds at most `admin.max_connections` (default 64), refuses more at once with a
+/// 503 naming the key, and closes a connection whose request header does not arrive within
+/// `admin.header_read_timeout` (default 5 s). The broker's open-file limit is lowered to 256 so
+/// that 300 held connections would exhaust it.
+#[tokio::test]
+async fn a_flood_of_admin_connections_leaves_stomp_clients_and_health_working() {
+    const FD_LIMIT: usize = 256;
+    const HELD: usize = 300;
+    const CAP: usize = 64; // admin.max_connections's default
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("broker.toml");
+    std::fs::write(&cfg, "[limits]\nmax_connections = 100\n").unwrap();
+    let mut args: Vec<String> = ADMIN_ANY_PORT.iter().map(|s| s.to_string()).collect();
+    args.extend(["--config".into(), cfg.display().to_string()]);
+    let b = BrokerProcess::start(BrokerOptions {
+        args,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let admin = b.admin_addr().expect("admin endpoint");
+    let pid = b.pid().unwrap();
+    let st = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={FD_LIMIT}:{FD_LIMIT}"))
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(st.success(), "prlimit failed");
+
+    // HELD connections, each with a partial request header (no blank line: never complete).
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for _ in 0..HELD {
+        let mut s = TcpStream::connect(admin).await.unwrap();
+        let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await;
+        let tx = closed_tx.clone();
+        tokio::spawn(async move {
+            // Whatever the broker says before it closes (a 503 for the refused ones).
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf).await;
+            let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
+        });
+    }
+    drop(closed_tx);
+    // Those beyond the cap are refused at once, naming the limit.
+    let mut refused = 0;
+    let mut named = 0;
+    while refused < HELD - CAP {
+        let text = tokio::time::timeout(Duration::from_secs(30), closed_rx.recv())
+            .await
+            .expect("connections beyond admin.max_connections are refused at once")
+            .expect("a closed connection");
+        refused += 1;
+        named += usize::from(text.contains("admin.max_connections"));
+    }
+    assert!(named > 0, "no refusal named admin.max_connections");
+
+    // STOMP clients still get in (the admin endpoint cannot take their descriptors).
+    let mut c = Raw::connect(b.addr, "admin", "admin").await;
+    c.put("/queue/while.flooded", "hello", &[]).await;
+
+    // A new /health request is answered at once: refused naming the cap, or served.
+    let r = get(admin, "/health").await;
+    assert!(
+        r.status == 200 || (r.status == 503 && r.body.contains("admin.max_connections")),
+        "{} {}",
+        r.status,
+        r.body
+    );
+
+    // The held connections never complete their header: closed after the header-read timeout.
+    while refused < HELD {
+        tokio::time::timeout(Duration::from_secs(60), closed_rx.recv())
+            .await
+            .expect("a connection with a partial header is closed after admin.header_read_timeout")
+            .expect("a closed connection");
+        refused += 1;
+    }
+    wait_health(admin, 200, Duration::from_secs(10)).await;
+    let s = scrape(admin).await;
+    assert!(
+        value(&s, "fabricmq_admin_connections_refused_total", &[]).unwrap_or(0.0)
+            >= (HELD - CAP) as f64,
+        "{s:#?}"
+    );
+    assert!(
+        value(&s, "fabricmq_admin_header_timeouts_total", &[]).unwrap_or(0.0) >= 1.0,
+        "{s:#?}"
+    );
+    scrape_until(admin, "only the scrape itself open", |s| {
+        value(s, "fabricmq_admin_connections_open", &[]) == Some(1.0)
+    })
+    .await;
+    b.assert_no_panic();
+}

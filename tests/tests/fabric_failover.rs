@@ -90,6 +90,8 @@ async fn a_container_takes_its_configuration_from_its_profile() {
                 "c1".into(),
                 "--state-file".into(),
                 data.path().join("state.json").display().to_string(),
+                // Fabric mode refuses the built-in admin/admin login without it (issue 10).
+                "--allow-default-admin".into(),
             ],
             raw_args: true,
             ..Default::default()

@@ -185,3 +185,70 @@ fn credentials_parse_and_hide_the_password() {
         assert!(ZkCredentials::parse(bad).is_err(), "{bad:?}");
     }
 }
+
+/// Issue 10, item 4 (last part): a fabric container without a users file used to accept the
+/// built-in admin/admin login (a profile without `users` made every master accept it). It now
+/// refuses to start, naming the fix; `--allow-default-admin` allows it with a warning saying
+/// what it gives up. (Registry credentials are given, so that only the login is at issue.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fabric_container_without_a_users_file_refuses_admin_admin_unless_allowed() {
+    let _serial = SERIAL.lock().await;
+    let zk = zk().chroot_connect();
+    let work = tempfile::tempdir().unwrap();
+    let auth_file = work.path().join("zk-auth");
+    std::fs::write(&auth_file, "fabric:s3cret\n").unwrap();
+    let port = free_port();
+    let listen = format!("stomp://127.0.0.1:{port}");
+
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(binary("mq-broker"))
+            .args(["--zk", &zk, "--group", "logins", "--container", "c1"])
+            .args(["--listen", &listen, "--no-admin", "--data"])
+            .arg(work.path().join("data"))
+            .env("FABRIC_ZK_AUTH_FILE", &auth_file)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the container exits instead of serving admin/admin")
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("fabric mode") && err.contains("--users") && err.contains("admin/admin"),
+        "{err}"
+    );
+    assert!(err.contains("--allow-default-admin"), "{err}");
+
+    // Explicitly allowed (the harness passes --allow-default-admin in fabric mode): it serves,
+    // and says what that gives up.
+    let mut b = BrokerProcess::start(BrokerOptions {
+        listen: Some(listen.clone()),
+        fabric: Some((zk.clone(), "logins".into(), "c1".into())),
+        args: vec![
+            "--session-timeout".into(),
+            SESSION.into(),
+            "--no-admin".into(),
+        ],
+        env: vec![(
+            "FABRIC_ZK_AUTH_FILE".into(),
+            auth_file.display().to_string(),
+        )],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    b.wait_role(&["master"], Duration::from_secs(20))
+        .await
+        .unwrap();
+    let addr = b.master_addr().expect("master listener");
+    let _c = fabricmq_tests::raw::Raw::connect(addr, "admin", "admin").await;
+    let log = b.log_text();
+    assert!(
+        log.contains("WARN") && log.contains("auth.allow_default_admin"),
+        "{log}"
+    );
+    assert!(log.contains("anyone who can reach a listener"), "{log}");
+    b.terminate(Duration::from_secs(20)).await.unwrap();
+}

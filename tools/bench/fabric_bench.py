@@ -265,7 +265,9 @@ def fabric_pair(zk, work, session_timeout):
         args = ["--zk", zk, "--group", "default", "--container", name,
                 "--listen", f"stomp://127.0.0.1:{port}", "--data", shared,
                 "--session-timeout", session_timeout, "--state-file", state,
-                "--advertise-host", "127.0.0.1"]
+                "--advertise-host", "127.0.0.1",
+                # fabric mode refuses the built-in admin/admin login without this (issue 10)
+                "--allow-default-admin"]
         brokers.append(Broker(name, args, os.path.join(work, f"{name}.log"), state_file=state, port=port))
     b1, b2 = brokers
     b1.start()
