@@ -38,8 +38,7 @@ use fabricmq_stomp::{
 };
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
@@ -49,6 +48,7 @@ use crate::broker::{Broker, Dedup};
 use crate::destination::{ConsumerKey, Outbox, Queue, STORE_BACKLOG_LIMIT};
 use crate::message::{now_ms, Delivery, Message, Outbound, Source, DEFAULT_PRIORITY};
 use crate::store::{Op, ProducerSeq};
+use crate::socket::{Reader, Writer};
 use crate::tls::TlsAcceptor;
 
 /// Server name sent in CONNECTED.
@@ -262,135 +262,6 @@ pub async fn refuse(mut stream: TcpStream, tls: Option<TlsAcceptor>, reason: &st
         s.shutdown().await
     })
     .await;
-}
-
-/// The read side of a connection's socket. Plain TCP keeps the hot path of waiting for
-/// readiness and reserving the read buffer only then; TLS reads through rustls into a buffer
-/// reserved up front.
-enum Reader {
-    Plain(OwnedReadHalf),
-    Tls(tokio::io::ReadHalf<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-/// The write side of a connection's socket. A TLS write may leave encrypted bytes inside rustls
-/// when the socket is full (`dirty`): the loop then flushes even with nothing left to encode.
-enum Writer {
-    Plain(OwnedWriteHalf),
-    Tls {
-        io: tokio::io::WriteHalf<tokio_rustls::server::TlsStream<TcpStream>>,
-        dirty: bool,
-    },
-}
-
-impl Reader {
-    /// Reads what is available into `buf`, reserving `chunk` bytes when less than a quarter of
-    /// that is free. Returns (bytes read, room there was), or `None` after a spurious wakeup.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: no bytes are lost when it is dropped before completing.
-    async fn read_some(
-        &mut self,
-        buf: &mut BytesMut,
-        chunk: usize,
-    ) -> std::io::Result<Option<(usize, usize)>> {
-        fn reserve(buf: &mut BytesMut, chunk: usize) -> usize {
-            if buf.capacity() - buf.len() < chunk / 4 {
-                buf.reserve(chunk);
-            }
-            buf.capacity() - buf.len()
-        }
-        match self {
-            Reader::Plain(rd) => {
-                // The read buffer is reserved only once there is something to read.
-                rd.readable().await?;
-                let room = reserve(buf, chunk);
-                match rd.try_read_buf(buf) {
-                    Ok(n) => Ok(Some((n, room))),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
-                    Err(e) => Err(e),
-                }
-            }
-            Reader::Tls(rd) => {
-                let room = reserve(buf, chunk);
-                rd.read_buf(buf).await.map(|n| Some((n, room)))
-            }
-        }
-    }
-}
-
-impl Writer {
-    /// True when a TLS write left bytes inside rustls that still need a flush.
-    fn unflushed(&self) -> bool {
-        matches!(self, Writer::Tls { dirty: true, .. })
-    }
-
-    /// Writes part of `buf` (cancel safe, like [`AsyncWriteExt::write`]); with `buf` empty,
-    /// flushes what a TLS write left inside rustls and returns `Ok(0)`.
-    async fn write_some(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if buf.is_empty() {
-            self.flush().await?;
-            return Ok(0);
-        }
-        self.write(buf).await
-    }
-}
-
-impl AsyncRead for Reader {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Reader::Plain(r) => Pin::new(r).poll_read(cx, buf),
-            Reader::Tls(r) => Pin::new(r).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Writer {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Writer::Plain(w) => Pin::new(w).poll_write(cx, buf),
-            Writer::Tls { io, dirty } => {
-                let r = Pin::new(io).poll_write(cx, buf);
-                if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
-                    *dirty = true;
-                }
-                r
-            }
-        }
-    }
-
-    fn poll_flush(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Writer::Plain(w) => Pin::new(w).poll_flush(cx),
-            Writer::Tls { io, dirty } => {
-                let r = Pin::new(io).poll_flush(cx);
-                if matches!(r, std::task::Poll::Ready(Ok(()))) {
-                    *dirty = false;
-                }
-                r
-            }
-        }
-    }
-
-    fn poll_shutdown(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Writer::Plain(w) => Pin::new(w).poll_shutdown(cx),
-            Writer::Tls { io, .. } => Pin::new(io).poll_shutdown(cx),
-        }
-    }
 }
 
 struct Conn {

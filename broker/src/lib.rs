@@ -5,13 +5,17 @@
 //! - [`config`]: typed, validated configuration (TOML file plus command-line overrides);
 //! - [`auth`]: users and password checks;
 //! - [`pattern`]: ActiveMQ-style destination wildcards for policies;
+//! - [`memory`]: accounting of what clients make the broker hold against `limits.max_memory`;
 //! - [`message`]: the in-memory message and deliveries;
 //! - [`destination`]: queues (competing consumers, prefetch, acks, redelivery, dead-letters) and
 //!   topics (fan-out);
+//! - [`directory`]: destinations by name: creation cap, idle removal;
+//! - [`quota`]: per-connection and per-user quotas (subscriptions, transactions, header bytes);
 //! - [`gate`]: whether the broker may acknowledge anything now (the fabric closes it);
 //! - [`broker`]: shared state: destinations, ids, de-duplication, memory budget;
 //! - [`connection`]: one task per client connection (STOMP frames, receipts, heart-beats);
 //! - [`ha`]: the fabric lifecycle (election in ZooKeeper, fencing, two-stage session handling);
+//! - [`socket`]: a connection's plain or TLS socket halves;
 //! - [`server`]: start-up (recovery, bind), accept loop, graceful shutdown;
 //! - [`store`]: the segmented, CRC-checked, group-committed journal;
 //! - [`tls`]: the `[tls]` section's certificates for `stomp+ssl://` listeners.
@@ -23,11 +27,15 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod destination;
+pub mod directory;
 pub mod gate;
 pub mod ha;
+pub mod memory;
 pub mod message;
 pub mod pattern;
+pub mod quota;
 pub mod server;
+pub mod socket;
 pub mod tls;
 
 pub mod store;
