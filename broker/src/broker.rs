@@ -189,8 +189,7 @@ impl Broker {
 
     /// Whether the queue or topic named `name` (`/queue/x`, `/topic/x`) exists already.
     pub fn destination_exists(&self, name: &str) -> bool {
-        self.destinations
-            .exists(name, !name.starts_with("/topic/"))
+        self.destinations.exists(name, !name.starts_with("/topic/"))
     }
 
     /// The topic named `name` (`/topic/x`), created on first use (by the broker itself).

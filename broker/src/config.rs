@@ -493,7 +493,10 @@ impl Quotas {
             }
         }
         if self.max_transaction_bytes.0 < 1024 {
-            return Err(invalid("quotas.max_transaction_bytes", "must be at least 1KiB"));
+            return Err(invalid(
+                "quotas.max_transaction_bytes",
+                "must be at least 1KiB",
+            ));
         }
         if self.max_header_bytes.0 < 1024 {
             return Err(invalid("quotas.max_header_bytes", "must be at least 1KiB"));

@@ -45,10 +45,12 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::auth::Principal;
 use crate::broker::{Broker, Dedup};
+use crate::client_state::{resolve, PendingSend, Refusal, SubTarget, Transactions};
 use crate::destination::{ConsumerKey, Outbox, Queue, STORE_BACKLOG_LIMIT};
 use crate::message::{now_ms, Delivery, Message, Outbound, Source, DEFAULT_PRIORITY};
-use crate::store::{Op, ProducerSeq};
+use crate::quota::ConnQuota;
 use crate::socket::{Reader, Writer};
+use crate::store::{Op, ProducerSeq};
 use crate::tls::TlsAcceptor;
 
 /// Server name sent in CONNECTED.
@@ -86,6 +88,18 @@ impl ConnError {
     fn with_receipt(mut self, f: &Frame) -> Self {
         self.receipt = f.get("receipt").map(str::to_string);
         self
+    }
+}
+
+impl From<Refusal> for ConnError {
+    fn from(r: Refusal) -> Self {
+        ConnError::new(r.message, r.detail)
+    }
+}
+
+impl From<crate::quota::QuotaError> for ConnError {
+    fn from(e: crate::quota::QuotaError) -> Self {
+        Refusal::from(e).into()
     }
 }
 
@@ -133,12 +147,6 @@ enum AckMode {
     Individual,
 }
 
-/// A destination resolved once: what a subscription reads from, or where a SEND goes.
-enum SubTarget {
-    Queue(Arc<Queue>),
-    Topic(Arc<crate::destination::Topic>),
-}
-
 struct Unacked {
     source: Source,
     msg_id: u64,
@@ -151,24 +159,6 @@ struct Subscription {
     target: SubTarget,
     /// Deliveries awaiting ACK/NACK, by delivery tag (increasing).
     unacked: BTreeMap<u64, Unacked>,
-}
-
-struct PendingSend {
-    destination: String,
-    is_queue: bool,
-    persistent: bool,
-    priority: u8,
-    expires: u64,
-    producer: Option<ProducerSeq>,
-    headers: Vec<(String, String)>,
-    body: Bytes,
-}
-
-#[derive(Default)]
-struct Transaction {
-    sends: Vec<PendingSend>,
-    /// (subscription key, delivery tags) acknowledged inside the transaction.
-    acks: Vec<(u64, Vec<u64>)>,
 }
 
 /// Serves one accepted socket until it closes. Errors are logged, never returned. With `tls`
@@ -282,7 +272,8 @@ struct Conn {
     sub_ids: HashMap<u64, String>,
     next_sub_key: u64,
     next_tag: u64,
-    txs: HashMap<String, Transaction>,
+    /// Open transactions, and the quota of everything this connection holds.
+    txs: Transactions,
     receipts: FuturesOrdered<ReceiptFuture>,
     /// Browser subscriptions being streamed: (subscription id, remaining messages).
     browsing: Vec<(String, std::vec::IntoIter<Arc<Message>>)>,
@@ -323,6 +314,7 @@ impl Conn {
         let max_pending = l.max_pending_bytes.0 as usize;
         let connect_deadline = tokio::time::Instant::now() + l.connect_timeout.0;
         let now = Instant::now();
+        let quota = ConnQuota::new(broker.quotas.clone());
         Conn {
             broker,
             id,
@@ -347,7 +339,7 @@ impl Conn {
             sub_ids: HashMap::new(),
             next_sub_key: 1,
             next_tag: 1,
-            txs: HashMap::new(),
+            txs: Transactions::new(quota),
             receipts: FuturesOrdered::new(),
             browsing: Vec::new(),
             send_every: None,
@@ -677,6 +669,7 @@ impl Conn {
         }
         self.push_frame(&connected);
         debug!(version = version.as_str(), send_ms, expect_ms, "connected");
+        self.txs.quota.set_user(&principal.user);
         self.principal = Some(principal);
         true
     }
@@ -721,21 +714,24 @@ impl Conn {
             Command::Nack => self.on_ack(f, true),
             Command::Begin => {
                 let tx = required(&f, "transaction")?.to_string();
-                if self.txs.contains_key(&tx) {
+                let begun = self
+                    .txs
+                    .begin(&tx)
+                    .map_err(|r| ConnError::from(r).with_receipt(&f))?;
+                if !begun {
                     return Err(ConnError::new(
                         "transaction already started",
                         format!("transaction {tx:?} is already open"),
                     )
                     .with_receipt(&f));
                 }
-                self.txs.insert(tx, Transaction::default());
                 self.receipt_now(&f);
                 Ok(())
             }
             Command::Commit => self.on_commit(f).await,
             Command::Abort => {
                 let tx = required(&f, "transaction")?;
-                if self.txs.remove(tx).is_none() {
+                if self.txs.end(tx).is_none() {
                     return Err(unknown_tx(tx).with_receipt(&f));
                 }
                 self.receipt_now(&f);
@@ -759,7 +755,7 @@ impl Conn {
         }
     }
 
-    fn parse_send(&self, mut f: Frame) -> Result<PendingSend, ConnError> {
+    fn parse_send(&self, mut f: Frame, may_create: bool) -> Result<PendingSend, ConnError> {
         let f = &mut f;
         let destination = required(f, "destination")?;
         let is_queue = check_destination(destination).map_err(|e| e.with_receipt(f))?;
@@ -813,14 +809,16 @@ impl Conn {
                 .with_receipt(f))
             }
         };
-        let destination = destination.to_string();
+        let user = self.principal.as_ref().map_or("", |p| p.user.as_str());
+        let target = resolve(&self.broker, user, destination, is_queue, may_create)
+            .map_err(|r| ConnError::from(r).with_receipt(f))?;
         // Application headers only, in a Vec of their own size: it lives as long as the message.
         let headers: Vec<(String, String)> = std::mem::take(&mut f.headers)
             .into_iter()
             .filter(|(k, _)| !is_broker_header(k))
             .collect();
         Ok(PendingSend {
-            destination,
+            target,
             is_queue,
             persistent,
             priority,
@@ -834,17 +832,28 @@ impl Conn {
     async fn on_send(&mut self, f: Frame) -> Result<(), ConnError> {
         let receipt = f.get("receipt").map(str::to_string);
         let tx = f.get("transaction").map(str::to_string);
+        self.txs
+            .quota
+            .check_headers(f.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|e| ConnError::from(e).with_receipt(&f))?;
+        let mut may_create = true;
         if let Some(destination) = f.get("destination") {
-            self.authorize(Right::Write, destination, &f)?;
+            may_create = self.authorize(Right::Write, destination, &f)?;
         }
-        let send = self.parse_send(f)?;
-        if let Some(tx) = tx {
-            let Some(t) = self.txs.get_mut(&tx) else {
-                let mut e = unknown_tx(&tx);
+        if let Some(tx) = &tx {
+            if !self.txs.contains(tx) {
+                let mut e = unknown_tx(tx);
                 e.receipt = receipt;
                 return Err(e);
-            };
-            t.sends.push(send);
+            }
+        }
+        let send = self.parse_send(f, may_create)?;
+        if let Some(tx) = tx {
+            self.txs.buffer_send(&tx, send).map_err(|r| {
+                let mut e = ConnError::from(r);
+                e.receipt = receipt.clone();
+                e
+            })?;
             if let Some(r) = receipt {
                 self.push_receipt(receipt_frame(&r));
             }
@@ -895,9 +904,7 @@ impl Conn {
         if let Some((target, msg)) = accepted {
             self.route_in_order(target, msg);
         }
-        if self.broker.context().stores_behind() {
-            store_backpressure(self.broker.context().clone()).await;
-        }
+        memory_backpressure(self.broker.clone()).await;
         Ok(())
     }
 
@@ -912,16 +919,10 @@ impl Conn {
             debug!(producer = ?send.producer, "duplicate send dropped");
             return None;
         }
-        // Resolved once: routing uses it, and the message shares its name.
-        let target = if send.is_queue {
-            SubTarget::Queue(self.broker.queue(&send.destination))
-        } else {
-            SubTarget::Topic(self.broker.topic(&send.destination))
-        };
-        let destination = match &target {
-            SubTarget::Queue(q) => q.name.clone(),
-            SubTarget::Topic(t) => t.name.clone(),
-        };
+        // Resolved once (when the SEND was read): routing uses it, and the message shares its
+        // name.
+        let target = send.target;
+        let destination = target.name();
         let mut msg = Message {
             id: self.broker.next_message_id(),
             destination,
@@ -976,7 +977,7 @@ impl Conn {
 
     async fn on_commit(&mut self, f: Frame) -> Result<(), ConnError> {
         let txid = required(&f, "transaction")?;
-        let Some(tx) = self.txs.remove(txid) else {
+        let Some(tx) = self.txs.end(txid) else {
             return Err(unknown_tx(txid).with_receipt(&f));
         };
         let mut ops = Vec::new();
@@ -1048,26 +1049,29 @@ impl Conn {
         for (target, msg) in accepted {
             self.route_in_order(target, msg);
         }
-        if self.broker.context().stores_behind() {
-            store_backpressure(self.broker.context().clone()).await;
-        }
+        memory_backpressure(self.broker.clone()).await;
         Ok(())
     }
 
     /// Checks the `[[authorization]]` rights of this connection's user: `right` on
-    /// `destination`, and `admin` too when the destination does not exist yet.
-    fn authorize(&self, right: Right, destination: &str, f: &Frame) -> Result<(), ConnError> {
+    /// `destination`, and `admin` too when the destination does not exist yet. Returns whether
+    /// the user may create the destination (lookups with `false` never create one, so a
+    /// destination removed as idle after this check is not re-created without the right).
+    fn authorize(&self, right: Right, destination: &str, f: &Frame) -> Result<bool, ConnError> {
         let authz = self.broker.config.authorization();
         if !authz.is_enabled() {
-            return Ok(());
+            return Ok(true);
         }
         let Some(who) = &self.principal else {
-            return Ok(());
+            return Ok(true);
         };
-        let mut result = authz.check(who, right, destination);
-        if result.is_ok() && !self.broker.destination_exists(destination) {
-            result = authz.check(who, Right::Admin, destination);
-        }
+        let result = authz.check(who, right, destination).and_then(|()| {
+            match authz.check(who, Right::Admin, destination) {
+                Ok(()) => Ok(true),
+                Err(_) if self.broker.destination_exists(destination) => Ok(false),
+                Err(denied) => Err(denied),
+            }
+        });
         result.map_err(|denied| {
             warn!(user = %denied.user, right = denied.right.as_str(), destination, "not authorized");
             ConnError::new("not authorized", denied.to_string()).with_receipt(f)
@@ -1077,7 +1081,7 @@ impl Conn {
     fn on_subscribe(&mut self, f: Frame) -> Result<(), ConnError> {
         let destination = required(&f, "destination")?.to_string();
         let is_queue = check_destination(&destination).map_err(|e| e.with_receipt(&f))?;
-        self.authorize(Right::Read, &destination, &f)?;
+        let may_create = self.authorize(Right::Read, &destination, &f)?;
         let id = match f.get("id") {
             Some(id) => id.to_string(),
             None if self.version == Version::V1_0 => destination.clone(),
@@ -1115,7 +1119,21 @@ impl Conn {
                 )
                 .with_receipt(&f));
             }
-            let snapshot = self.broker.queue(&destination).browse();
+            let max = self.broker.config.quotas.max_subscriptions_per_connection;
+            if self.browsing.len() >= max {
+                return Err(ConnError::from(self.broker.quotas.refuse(
+                    crate::quota::Quota::SubscriptionsPerConnection,
+                    format!("this connection streams {max} browsers already"),
+                ))
+                .with_receipt(&f));
+            }
+            let user = self.principal.as_ref().map_or("", |p| p.user.as_str());
+            let snapshot = match resolve(&self.broker, user, &destination, true, may_create)
+                .map_err(|r| ConnError::from(r).with_receipt(&f))?
+            {
+                SubTarget::Queue(q) => q.browse(),
+                SubTarget::Topic(_) => Vec::new(),
+            };
             self.receipt_now(&f);
             self.browsing.push((id, snapshot.into_iter()));
             return Ok(());
@@ -1139,16 +1157,18 @@ impl Conn {
                 }
             },
         };
+        let user = self.principal.as_ref().map_or("", |p| p.user.as_str());
+        let target = resolve(&self.broker, user, &destination, is_queue, may_create)
+            .map_err(|r| ConnError::from(r).with_receipt(&f))?;
+        self.txs
+            .quota
+            .add_subscription()
+            .map_err(|e| ConnError::from(e).with_receipt(&f))?;
         let key = self.next_sub_key;
         self.next_sub_key += 1;
         let ckey = ConsumerKey {
             conn: self.id,
             sub: key,
-        };
-        let target = if is_queue {
-            SubTarget::Queue(self.broker.queue(&destination))
-        } else {
-            SubTarget::Topic(self.broker.topic(&destination))
         };
         self.subs.insert(
             id.clone(),
@@ -1196,6 +1216,7 @@ impl Conn {
             return Ok(());
         };
         self.sub_ids.remove(&sub.key);
+        self.txs.quota.remove_subscription();
         self.drop_subscription(sub, &HashSet::new());
         self.receipt_now(&f);
         Ok(())
@@ -1277,7 +1298,7 @@ impl Conn {
         let resolved = self.resolve_ack(&f)?;
         let tx = f.get("transaction").map(str::to_string);
         if let Some(tx) = &tx {
-            if !self.txs.contains_key(tx) {
+            if !self.txs.contains(tx) {
                 return Err(unknown_tx(tx).with_receipt(&f));
             }
         }
@@ -1297,9 +1318,7 @@ impl Conn {
         if let (Some(tx), false) = (&tx, nack) {
             // Settled at COMMIT; ABORT leaves them unacknowledged.
             let key = sub.key;
-            if let Some(t) = self.txs.get_mut(tx) {
-                t.acks.push((key, tags));
-            }
+            self.txs.buffer_ack(tx, key, tags);
             self.receipt_now(&f);
             return Ok(());
         }
@@ -1506,10 +1525,29 @@ impl Conn {
             self.drop_subscription(sub, u);
         }
         self.sub_ids.clear();
-        if !self.txs.is_empty() {
-            debug!(open = self.txs.len(), "open transactions discarded");
+        let open = self.txs.clear();
+        if open > 0 {
+            debug!(open, "open transactions discarded");
         }
-        self.txs.clear();
+    }
+}
+
+/// Waits while the stores are behind or the headers of messages whose bodies are on disk exceed
+/// `limits.max_memory` (see [`crate::memory`]): the connection reads nothing meanwhile.
+async fn memory_backpressure(broker: Arc<Broker>) {
+    if broker.context().stores_behind() {
+        store_backpressure(broker.context().clone()).await;
+    }
+    let memory = broker.memory();
+    if memory.producers_must_wait() {
+        debug!(
+            spilled_header_bytes = memory.spilled(),
+            "headers of messages on disk exceed limits.max_memory; pausing this producer"
+        );
+        tokio::select! {
+            _ = memory.wait_for_room() => {}
+            _ = broker.shutdown.cancelled() => {}
+        }
     }
 }
 

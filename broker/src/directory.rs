@@ -174,12 +174,20 @@ impl<Q: Idle, T: Idle> Directory<Q, T> {
 
     /// Every queue.
     pub fn queues(&self) -> Vec<Arc<Q>> {
-        self.queues.read().values().map(|s| s.dest.clone()).collect()
+        self.queues
+            .read()
+            .values()
+            .map(|s| s.dest.clone())
+            .collect()
     }
 
     /// Every topic.
     pub fn topics(&self) -> Vec<Arc<T>> {
-        self.topics.read().values().map(|s| s.dest.clone()).collect()
+        self.topics
+            .read()
+            .values()
+            .map(|s| s.dest.clone())
+            .collect()
     }
 
     fn get_or_create<D>(
@@ -230,7 +238,8 @@ impl<Q: Idle, T: Idle> Directory<Q, T> {
         }
         let now = (self.start.elapsed().as_millis() as u64).max(1);
         let due = self.idle_timeout.as_millis() as u64;
-        let removed = Self::sweep_map(&self.queues, now, due) + Self::sweep_map(&self.topics, now, due);
+        let removed =
+            Self::sweep_map(&self.queues, now, due) + Self::sweep_map(&self.topics, now, due);
         if removed > 0 {
             self.count.fetch_sub(removed, Ordering::Relaxed);
             self.stats
@@ -279,7 +288,6 @@ impl<Q: Idle, T: Idle> Directory<Q, T> {
         removed
     }
 }
-
 
 #[cfg(test)]
 mod tests {

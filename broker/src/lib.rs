@@ -24,6 +24,7 @@ pub mod admin;
 pub mod auth;
 pub mod authz;
 pub mod broker;
+pub(crate) mod client_state;
 pub mod config;
 pub mod connection;
 pub mod destination;

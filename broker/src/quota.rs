@@ -314,7 +314,9 @@ mod tests {
         a.add_subscription().unwrap();
         let e = a.add_subscription().unwrap_err();
         assert_eq!(e.quota, Quota::SubscriptionsPerConnection);
-        assert!(e.to_string().contains("quotas.max_subscriptions_per_connection"));
+        assert!(e
+            .to_string()
+            .contains("quotas.max_subscriptions_per_connection"));
         let mut b = ConnQuota::new(s.clone());
         b.set_user("eve");
         b.add_subscription().unwrap();
@@ -331,7 +333,10 @@ mod tests {
         let s = state(150);
         let mut a = ConnQuota::new(s.clone());
         a.begin().unwrap();
-        assert_eq!(a.begin().unwrap_err().quota, Quota::TransactionsPerConnection);
+        assert_eq!(
+            a.begin().unwrap_err().quota,
+            Quota::TransactionsPerConnection
+        );
         a.buffer(90).unwrap();
         assert_eq!(a.buffer(20).unwrap_err().quota, Quota::TransactionBytes);
         let mut b = ConnQuota::new(s.clone());
