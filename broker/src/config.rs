@@ -923,6 +923,33 @@ mod tests {
     }
 
     #[test]
+    fn quotas_section_is_printed_and_checked() {
+        let mut c = BrokerConfig::default();
+        c.validate().unwrap();
+        let text = c.to_toml();
+        assert!(text.contains("[quotas]"), "{text}");
+        assert!(
+            text.contains("max_subscriptions_per_connection = 1000"),
+            "{text}"
+        );
+        assert!(text.contains("destination_idle_timeout = \"5m\""), "{text}");
+        for bad in [
+            "[quotas]\nmax_destinations = 0\n",
+            "[quotas]\nmax_subscriptions_per_user = 0\n",
+            "[quotas]\nmax_header_bytes = 10\n",
+        ] {
+            let mut c = BrokerConfig::from_toml(bad).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            let key = bad.lines().nth(1).unwrap().split(' ').next().unwrap();
+            assert!(e.contains(&format!("quotas.{key}")), "{e}");
+        }
+        let mut c =
+            BrokerConfig::from_toml("[quotas]\ndestination_idle_timeout = \"0s\"\n").unwrap();
+        c.validate().unwrap();
+        assert!(c.quotas.destination_idle_timeout.0.is_zero());
+    }
+
+    #[test]
     fn listen_urls() {
         let u: ListenUrl = "stomp://127.0.0.1:61613".parse().unwrap();
         assert_eq!(u.port, 61613);

@@ -573,6 +573,39 @@ async fn destinations_are_capped_and_idle_ones_removed() {
     b.stop().await;
 }
 
+#[tokio::test]
+async fn creating_destinations_past_the_default_cap_is_refused() {
+    // Defaults only: 10,000 destinations. One connection creates them with non-persistent
+    // SENDs (no fsync each), the last of them receipted.
+    let b = TestBroker::start().await;
+    let mut c = b.client().await;
+    pipeline(
+        &mut c,
+        (0..10_000).map(|i| send(&format!("/queue/d{i}"), "x").header("persistent", "false")),
+    )
+    .await;
+    c.with_receipt(Frame::new(Command::Begin).header("transaction", "t"), "all")
+        .await;
+    c.send(
+        send("/topic/one-more", "x")
+            .header("persistent", "false")
+            .header("receipt", "r"),
+    )
+    .await;
+    let e = until_error(&mut c, Duration::from_secs(30)).await;
+    assert_eq!(e.get("receipt-id"), Some("r"));
+    assert!(
+        e.get("message")
+            .is_some_and(|m| m.contains("quotas.max_destinations")),
+        "{e:?}"
+    );
+    assert!(!b.broker.destination_exists("/topic/one-more"));
+    // Existing ones still take messages.
+    let mut d = b.client().await;
+    d.put("/queue/d9999", "still fine", &[]).await;
+    b.stop().await;
+}
+
 const AUTHZ: &str = r#"
 [quotas]
 destination_idle_timeout = "300ms"
