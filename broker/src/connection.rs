@@ -224,7 +224,7 @@ pub async fn serve(
             conn.connect_deadline = deadline;
             conn.run().await;
             conn.settle_pending().await;
-            conn.cleanup();
+            conn.cleanup().await;
         }
         broker
             .stats
@@ -1508,8 +1508,9 @@ impl Conn {
         }
     }
 
-    /// Gives every unsettled message back to its queue.
-    fn cleanup(&mut self) {
+    /// Gives every unsettled message back to its queue. Yields to the runtime every 1,024
+    /// subscriptions, so a connection with very many does not hold its worker thread.
+    async fn cleanup(&mut self) {
         self.outbox_rx.close();
         let mut undelivered: HashMap<u64, HashSet<u64>> = HashMap::new();
         while let Ok(ob) = self.outbox_rx.try_recv() {
@@ -1520,9 +1521,12 @@ impl Conn {
         self.flush_auto_acks();
         self.flush_journal_acks();
         let empty = HashSet::new();
-        for (_, sub) in std::mem::take(&mut self.subs) {
+        for (i, (_, sub)) in std::mem::take(&mut self.subs).into_iter().enumerate() {
             let u = undelivered.get(&sub.key).unwrap_or(&empty);
             self.drop_subscription(sub, u);
+            if i % 1024 == 1023 {
+                tokio::task::yield_now().await;
+            }
         }
         self.sub_ids.clear();
         let open = self.txs.clear();
