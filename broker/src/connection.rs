@@ -904,7 +904,9 @@ impl Conn {
         if let Some((target, msg)) = accepted {
             self.route_in_order(target, msg);
         }
-        memory_backpressure(self.broker.clone()).await;
+        if self.broker.context().stores_behind() || self.broker.memory().producers_must_wait() {
+            memory_backpressure(self.broker.clone()).await;
+        }
         Ok(())
     }
 
@@ -1049,7 +1051,9 @@ impl Conn {
         for (target, msg) in accepted {
             self.route_in_order(target, msg);
         }
-        memory_backpressure(self.broker.clone()).await;
+        if self.broker.context().stores_behind() || self.broker.memory().producers_must_wait() {
+            memory_backpressure(self.broker.clone()).await;
+        }
         Ok(())
     }
 
