@@ -836,6 +836,12 @@ impl Conn {
             .quota
             .check_headers(f.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .map_err(|e| ConnError::from(e).with_receipt(&f))?;
+        // As `Message::header_bytes` will count them (for the header-memory backpressure).
+        let header_bytes: u64 = f
+            .headers
+            .iter()
+            .map(|(k, v)| (k.len() + v.len() + 32) as u64)
+            .sum();
         let mut may_create = true;
         if let Some(destination) = f.get("destination") {
             may_create = self.authorize(Right::Write, destination, &f)?;
@@ -904,8 +910,10 @@ impl Conn {
         if let Some((target, msg)) = accepted {
             self.route_in_order(target, msg);
         }
-        if self.broker.context().stores_behind() || self.broker.memory().producers_must_wait() {
-            memory_backpressure(self.broker.clone()).await;
+        if self.broker.context().stores_behind()
+            || self.broker.memory().producer_must_wait(header_bytes)
+        {
+            memory_backpressure(self.broker.clone(), header_bytes).await;
         }
         Ok(())
     }
@@ -1016,6 +1024,17 @@ impl Conn {
             self.broker.apply(out.effects);
         }
         let mut accepted = Vec::new();
+        let header_bytes = tx
+            .sends
+            .iter()
+            .map(|s| {
+                s.headers
+                    .iter()
+                    .map(|(k, v)| (k.len() + v.len() + 32) as u64)
+                    .sum::<u64>()
+            })
+            .max()
+            .unwrap_or(0);
         for send in tx.sends {
             if let Some(m) = self.accept(send, &mut ops) {
                 accepted.push(m);
@@ -1051,8 +1070,10 @@ impl Conn {
         for (target, msg) in accepted {
             self.route_in_order(target, msg);
         }
-        if self.broker.context().stores_behind() || self.broker.memory().producers_must_wait() {
-            memory_backpressure(self.broker.clone()).await;
+        if self.broker.context().stores_behind()
+            || self.broker.memory().producer_must_wait(header_bytes)
+        {
+            memory_backpressure(self.broker.clone(), header_bytes).await;
         }
         Ok(())
     }
@@ -1540,14 +1561,15 @@ impl Conn {
     }
 }
 
-/// Waits while the stores are behind or the headers of messages whose bodies are on disk exceed
-/// `limits.max_memory` (see [`crate::memory`]): the connection reads nothing meanwhile.
-async fn memory_backpressure(broker: Arc<Broker>) {
+/// Waits while the stores are behind or, for a producer whose last message had more than
+/// [`crate::memory::SMALL_HEADERS`] of headers, while the headers of messages whose bodies are on
+/// disk exceed `limits.max_memory` (see [`crate::memory`]): the connection reads nothing meanwhile.
+async fn memory_backpressure(broker: Arc<Broker>, header_bytes: u64) {
     if broker.context().stores_behind() {
         store_backpressure(broker.context().clone()).await;
     }
     let memory = broker.memory();
-    if memory.producers_must_wait() {
+    if memory.producer_must_wait(header_bytes) {
         debug!(
             spilled_header_bytes = memory.spilled(),
             "headers of messages on disk exceed limits.max_memory; pausing this producer"

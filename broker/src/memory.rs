@@ -6,7 +6,10 @@
 //!   the limit a body lives on disk only, see `Broker::admit`);
 //! - headers of queue messages whose body is on disk ([`MemoryBudget::charge_spilled`]): they
 //!   stay in memory with the message, so they count too, and once they alone exceed the limit
-//!   producers wait ([`MemoryBudget::producers_must_wait`]) until consumers bring them down;
+//!   producers of messages with more than [`SMALL_HEADERS`] of headers wait
+//!   ([`MemoryBudget::producers_must_wait`]) until consumers bring them down. Producers of
+//!   ordinary messages are not paused: one client's heavy headers must not stop everybody, and
+//!   small headers are per-message bookkeeping like the message's own;
 //! - SENDs buffered in open transactions ([`MemoryBudget::try_charge_transaction`]): all
 //!   connections together may buffer at most the limit; past it a transactional SEND is refused.
 //!
@@ -17,6 +20,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::Notify;
+
+/// Header bytes (names, values and per-header bookkeeping, as [`crate::message::Message::header_bytes`]
+/// counts them) up to which a SEND is never paused for header memory.
+pub const SMALL_HEADERS: u64 = 1024;
 
 /// Bytes held in memory for clients, against a limit (see the module documentation).
 #[derive(Debug)]
@@ -138,8 +145,14 @@ impl MemoryBudget {
         self.limit
     }
 
-    /// Whether producers should stop being read: the headers of messages whose bodies are on
-    /// disk alone exceed the limit.
+    /// Whether a producer that just sent a message with `header_bytes` of headers should stop
+    /// being read: the headers of messages whose bodies are on disk alone exceed the limit, and
+    /// its own are more than [`SMALL_HEADERS`].
+    pub fn producer_must_wait(&self, header_bytes: u64) -> bool {
+        header_bytes > SMALL_HEADERS && self.producers_must_wait()
+    }
+
+    /// Whether the headers of messages whose bodies are on disk alone exceed the limit.
     pub fn producers_must_wait(&self) -> bool {
         self.spilled() > self.limit
     }

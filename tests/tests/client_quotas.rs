@@ -420,8 +420,9 @@ async fn a_send_whose_headers_pass_max_header_bytes_is_refused() {
 }
 
 /// Headers stay in memory when a body spills to disk: they count against `limits.max_memory`,
-/// and once they alone pass it the producer is not read until consumers make room. Nothing is
-/// lost: everything sent is delivered.
+/// and once they alone pass it a producer of heavy headers (more than 1 KiB) is not read until
+/// consumers make room, while producers of ordinary messages carry on. Nothing is lost:
+/// everything sent is delivered.
 #[tokio::test]
 async fn headers_of_messages_whose_body_is_on_disk_count_against_max_memory() {
     const LIMIT: u64 = 512 << 10;
@@ -456,6 +457,9 @@ async fn headers_of_messages_whose_body_is_on_disk_count_against_max_memory() {
         "headers of spilled messages: {spilled} bytes (limit {LIMIT})"
     );
     assert!(!producer.is_finished(), "the producer was not paused");
+    // Only producers of heavy headers wait: an ordinary producer is still served.
+    let mut light = b.client().await;
+    light.put("/queue/other", "small headers", &[]).await;
     // A consumer drains; the producer resumes and everything arrives, in order.
     let mut c = b.client().await;
     c.subscribe(
