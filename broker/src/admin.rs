@@ -1039,6 +1039,57 @@ fn encode_auth(f: &mut Family<'_, '_>, s: &crate::auth::stats::AuthStats) -> std
     )
 }
 
+/// What clients hold against the `[quotas]` and how often a quota refused (issue 10 item 6).
+fn encode_quotas(f: &mut Family<'_, '_>, b: &Broker) -> std::fmt::Result {
+    f.gauge(
+        "fabricmq_memory_spilled_header_bytes",
+        "Header bytes of queue messages whose body is on disk (they stay in memory); producers wait while this exceeds limits.max_memory.",
+        b.memory().spilled(),
+    )?;
+    f.gauge(
+        "fabricmq_transaction_bytes",
+        "Bytes buffered in open transactions, all connections (at most limits.max_memory; quotas.max_transaction_bytes per connection).",
+        b.memory().transactions(),
+    )?;
+    let d = b.destinations();
+    f.gauge(
+        "fabricmq_destinations",
+        "Queues plus topics held (one set of per-destination series each, so this bounds the size of /metrics).",
+        d.len() as u64,
+    )?;
+    f.gauge(
+        "fabricmq_destinations_limit",
+        "quotas.max_destinations: clients cannot create more.",
+        b.config.quotas.max_destinations as u64,
+    )?;
+    f.counter(
+        "fabricmq_destinations_created",
+        "Destinations created (by clients, journal recovery and dead-letter moves).",
+        d.stats.created.load(Ordering::Relaxed),
+    )?;
+    f.counter(
+        "fabricmq_destinations_removed",
+        "Idle destinations removed after quotas.destination_idle_timeout.",
+        d.stats.removed.load(Ordering::Relaxed),
+    )?;
+    f.gauge(
+        "fabricmq_users_with_subscriptions",
+        "Users holding subscriptions now (each at most quotas.max_subscriptions_per_user).",
+        b.quotas.users_with_subscriptions() as u64,
+    )?;
+    let rows: Vec<(Labels, u64)> = b
+        .quotas
+        .refusals()
+        .into_iter()
+        .map(|(q, n)| (vec![("quota", q.key().to_owned())], n))
+        .collect();
+    f.counters(
+        "fabricmq_quota_refusals",
+        "Requests refused by a quota (the label is the configuration key named in the ERROR).",
+        &rows,
+    )
+}
+
 fn encode_broker(f: &mut Family<'_, '_>, b: &Broker) -> std::fmt::Result {
     let s = &b.stats;
     f.gauge(
@@ -1089,9 +1140,10 @@ fn encode_broker(f: &mut Family<'_, '_>, b: &Broker) -> std::fmt::Result {
     )?;
     f.gauge(
         "fabricmq_memory_used_bytes",
-        "Bytes of message bodies held in memory.",
+        "Bytes counted against limits.max_memory: bodies held in memory, headers of messages whose body is on disk, SENDs buffered in transactions.",
         b.memory().used(),
     )?;
+    encode_quotas(f, b)?;
     f.gauge(
         "fabricmq_memory_limit_bytes",
         "limits.max_memory: past it, bodies are read back from disk.",

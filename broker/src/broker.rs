@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Authenticator;
 use crate::config::BrokerConfig;
 use crate::destination::{Effects, Queue, QueueContext, Topic};
+use crate::directory::{Create, Directory, Refused};
 use crate::message::{now_ms, Message};
 use crate::producers::ProducerTable;
 use crate::store::{Journal, Op, ProducerSeq, Recovered};
@@ -27,52 +28,7 @@ fn forget_producers(journal: &Journal, keys: Vec<String>) {
     }
 }
 
-/// Bytes of message bodies held in memory, against a limit.
-///
-/// Messages past the limit keep their body on disk only (see [`Broker::admit`]).
-#[derive(Debug)]
-pub struct MemoryBudget {
-    used: AtomicU64,
-    limit: u64,
-}
-
-impl MemoryBudget {
-    /// A budget of `limit` bytes.
-    pub fn new(limit: u64) -> Self {
-        MemoryBudget {
-            used: AtomicU64::new(0),
-            limit,
-        }
-    }
-
-    /// Takes `n` bytes if they fit.
-    pub fn try_reserve(&self, n: u64) -> bool {
-        let mut cur = self.used.load(Ordering::Relaxed);
-        loop {
-            if cur + n > self.limit && cur > 0 {
-                return false;
-            }
-            match self
-                .used
-                .compare_exchange_weak(cur, cur + n, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => return true,
-                Err(now) => cur = now,
-            }
-        }
-    }
-
-    /// Gives `n` bytes back.
-    pub fn release(&self, n: u64) {
-        let prev = self.used.fetch_sub(n, Ordering::AcqRel);
-        debug_assert!(prev >= n, "memory budget underflow");
-    }
-
-    /// Bytes in use.
-    pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
-    }
-}
+pub use crate::memory::MemoryBudget;
 
 /// Broker-wide counters.
 #[derive(Debug, Default)]
@@ -105,9 +61,11 @@ pub struct Broker {
     pub shutdown: CancellationToken,
     /// Whether the broker may acknowledge anything now (always open when standalone).
     pub gate: Arc<crate::gate::Gate>,
+    /// What each client may make the broker hold (`[quotas]`), and refusals counted.
+    pub quotas: Arc<crate::quota::QuotaState>,
     ctx: Arc<QueueContext>,
-    queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
-    topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    /// Queues and topics by name (creation cap, idle removal).
+    destinations: Directory<Queue, Topic>,
     next_id: AtomicU64,
     next_conn: AtomicU64,
     /// Highest sequence accepted per (user, producer id), bounded. Never held across an
@@ -140,6 +98,14 @@ impl Broker {
             temp,
             memory,
         });
+        let quotas = Arc::new(crate::quota::QuotaState::new(
+            config.quotas.clone(),
+            ctx.memory.clone(),
+        ));
+        let destinations = Directory::new(
+            config.quotas.max_destinations,
+            config.quotas.destination_idle_timeout.0,
+        );
         let broker = Arc::new(Broker {
             config,
             journal,
@@ -147,9 +113,9 @@ impl Broker {
             stats: BrokerStats::default(),
             shutdown,
             gate,
+            quotas,
+            destinations,
             ctx,
-            queues: RwLock::new(HashMap::new()),
-            topics: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(recovered.next_id.max(1)),
             next_conn: AtomicU64::new(1),
             producers: Mutex::new(producers),
@@ -162,6 +128,10 @@ impl Broker {
             if msg.body.is_some() && !broker.ctx.memory.try_reserve(msg.memory_bytes()) {
                 // Past the body cache: the journal serves the body at delivery.
                 msg.body = None;
+            }
+            if msg.body.is_none() {
+                // The headers stay in memory with the message: they count (`crate::memory`).
+                broker.ctx.memory.charge_spilled(msg.header_bytes());
             }
             let dest = msg.destination.to_string();
             let list = by_queue.entry(dest.clone()).or_insert_with(|| {
@@ -200,79 +170,100 @@ impl Broker {
         &self.ctx
     }
 
-    /// The queue named `name` (`/queue/x`), created on first use.
+    /// The queue named `name` (`/queue/x`), created on first use (by the broker itself:
+    /// never refused; clients go through [`Broker::client_queue`]).
     pub fn queue(&self, name: &str) -> Arc<Queue> {
-        if let Some(q) = self
-            .queues
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-        {
-            return q.clone();
-        }
-        let mut w = self.queues.write().unwrap_or_else(|p| p.into_inner());
-        w.entry(Arc::from(name))
-            .or_insert_with(|| {
-                tracing::debug!(queue = name, "queue created");
-                Queue::new(
-                    Arc::from(name),
-                    self.config.destinations.policy_for(name),
-                    self.ctx.clone(),
-                )
-            })
-            .clone()
+        self.destinations
+            .queue(name, Create::Always, |n| self.new_queue(n))
+            .expect("the broker may always create")
+    }
+
+    /// The queue named `name` for a client: created only when `may_create` (the `admin` right,
+    /// or no authorization configured) and under `quotas.max_destinations`.
+    pub fn client_queue(&self, name: &str, may_create: bool) -> Result<Arc<Queue>, Refused> {
+        let create = if may_create {
+            Create::Client
+        } else {
+            Create::Never
+        };
+        self.destinations.queue(name, create, |n| self.new_queue(n))
+    }
+
+    fn new_queue(&self, name: Arc<str>) -> Arc<Queue> {
+        let policy = self.config.destinations.policy_for(&name);
+        Queue::new(name, policy, self.ctx.clone())
+    }
+
+    fn new_topic(&self, name: Arc<str>) -> Arc<Topic> {
+        let slow_limit = self.config.limits.max_pending_bytes.0.saturating_mul(4);
+        Arc::new(Topic::new(name, slow_limit))
     }
 
     /// Whether the queue or topic named `name` (`/queue/x`, `/topic/x`) exists already.
     pub fn destination_exists(&self, name: &str) -> bool {
-        if name.starts_with("/topic/") {
-            self.topics
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(name)
-        } else {
-            self.queues
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(name)
-        }
+        self.destinations.exists(name, !name.starts_with("/topic/"))
     }
 
-    /// The topic named `name` (`/topic/x`), created on first use.
+    /// The topic named `name` (`/topic/x`), created on first use (by the broker itself).
     pub fn topic(&self, name: &str) -> Arc<Topic> {
-        if let Some(t) = self
-            .topics
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-        {
-            return t.clone();
-        }
-        let mut w = self.topics.write().unwrap_or_else(|p| p.into_inner());
-        let slow_limit = self.config.limits.max_pending_bytes.0.saturating_mul(4);
-        w.entry(Arc::from(name))
-            .or_insert_with(|| Arc::new(Topic::new(Arc::from(name), slow_limit)))
-            .clone()
+        self.destinations
+            .topic(name, Create::Always, |n| self.new_topic(n))
+            .expect("the broker may always create")
+    }
+
+    /// The topic named `name` for a client (see [`Broker::client_queue`]).
+    pub fn client_topic(&self, name: &str, may_create: bool) -> Result<Arc<Topic>, Refused> {
+        let create = if may_create {
+            Create::Client
+        } else {
+            Create::Never
+        };
+        self.destinations.topic(name, create, |n| self.new_topic(n))
     }
 
     /// Every queue, for statistics and tests.
     pub fn queues(&self) -> Vec<Arc<Queue>> {
-        self.queues
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.destinations.queues()
     }
 
     /// Every topic, for statistics.
     pub fn topics(&self) -> Vec<Arc<Topic>> {
-        self.topics
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.destinations.topics()
+    }
+
+    /// The destinations directory (count, cap, idle removal counters).
+    pub fn destinations(&self) -> &Directory<Queue, Topic> {
+        &self.destinations
+    }
+
+    /// Removes idle destinations every half idle timeout (clamped to 50 ms..30 s) until the
+    /// broker shuts down. Nothing to do when `quotas.destination_idle_timeout` is 0.
+    pub fn spawn_idle_sweeper(self: &Arc<Self>) {
+        let every = self.destinations.idle_timeout() / 2;
+        if every.is_zero() {
+            return;
+        }
+        let every = every.clamp(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_secs(30),
+        );
+        let weak = Arc::downgrade(self);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(b) = weak.upgrade() else { return };
+                let removed = b.destinations.sweep();
+                if removed > 0 {
+                    tracing::debug!(removed, "idle destinations removed");
+                }
+            }
+        });
     }
 
     /// Producer ids in the de-duplication table, and how many were forgotten since start
@@ -308,6 +299,7 @@ impl Broker {
     /// journaled it); a non-persistent one is spilled to the temporary store here.
     pub fn admit(&self, mut msg: Message) -> Message {
         if msg.body.is_none() {
+            self.ctx.memory.charge_spilled(msg.header_bytes());
             return msg;
         }
         if self.ctx.memory.try_reserve(msg.memory_bytes()) {
@@ -325,6 +317,8 @@ impl Broker {
             self.ctx.temp.append_lazy(vec![Op::Add(msg.to_stored())]);
         }
         msg.body = None;
+        // The headers stay in memory with the message: they count (see `crate::memory`).
+        self.ctx.memory.charge_spilled(msg.header_bytes());
         msg
     }
 

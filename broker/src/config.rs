@@ -562,6 +562,87 @@ impl AdminSettings {
 
 // ---- end of [admin] ----
 
+// ---- [quotas]: what one client may make the broker hold (issue 10 item 6; see crate::quota) ----
+
+/// Per-connection and per-user quotas, and the bounds on destinations a client can create.
+/// Every limit has a default; 0 is never "unlimited" except where the field says so. A client
+/// that exceeds one gets an ERROR frame naming the key (`quotas.<field>`) and is disconnected;
+/// refusals are counted in `/metrics` (`fabricmq_quota_refusals{quota="<field>"}`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    /// Most subscriptions (queue consumers, topic subscribers, browsers) one connection may hold.
+    pub max_subscriptions_per_connection: usize,
+    /// Most subscriptions one authenticated user may hold over all its connections.
+    pub max_subscriptions_per_user: usize,
+    /// Most transactions one connection may have open (BEGIN without COMMIT or ABORT).
+    pub max_transactions_per_connection: usize,
+    /// Most bytes (bodies plus headers of SENDs) one connection may buffer in its open
+    /// transactions. These bytes also count against `limits.max_memory`, and all connections
+    /// together may not buffer more than `limits.max_memory` in transactions.
+    pub max_transaction_bytes: ByteSize,
+    /// Most bytes of headers (names plus values) in one SEND. The per-line and per-count limits
+    /// of `[limits]` still apply.
+    pub max_header_bytes: ByteSize,
+    /// Most destinations (queues plus topics) the broker holds. Creating one more (a SEND or
+    /// SUBSCRIBE to a new name) is refused; queues rebuilt from the journal and dead-letter queues
+    /// are always created. This also bounds the size of `/metrics`.
+    pub max_destinations: usize,
+    /// Remove a destination that has been idle this long: no messages, no consumers or
+    /// subscribers, nothing in flight and no connection referring to it (`"0s"` = never).
+    pub destination_idle_timeout: HumanDuration,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            max_subscriptions_per_connection: 1_000,
+            max_subscriptions_per_user: 10_000,
+            max_transactions_per_connection: 16,
+            max_transaction_bytes: ByteSize(16 << 20),
+            max_header_bytes: ByteSize(64 << 10),
+            max_destinations: 10_000,
+            destination_idle_timeout: HumanDuration(Duration::from_secs(300)),
+        }
+    }
+}
+
+impl Quotas {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, v) in [
+            (
+                "quotas.max_subscriptions_per_connection",
+                self.max_subscriptions_per_connection,
+            ),
+            (
+                "quotas.max_subscriptions_per_user",
+                self.max_subscriptions_per_user,
+            ),
+            (
+                "quotas.max_transactions_per_connection",
+                self.max_transactions_per_connection,
+            ),
+            ("quotas.max_destinations", self.max_destinations),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.max_transaction_bytes.0 < 1024 {
+            return Err(invalid(
+                "quotas.max_transaction_bytes",
+                "must be at least 1KiB",
+            ));
+        }
+        if self.max_header_bytes.0 < 1024 {
+            return Err(invalid("quotas.max_header_bytes", "must be at least 1KiB"));
+        }
+        Ok(())
+    }
+}
+
+// ---- end of [quotas] ----
+
 /// Per-destination behaviour; every field is optional in a policy and falls back to the defaults.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -717,6 +798,8 @@ pub struct BrokerConfig {
     pub producers: ProducerSettings,
     /// The HTTP admin endpoint (`[admin]`).
     pub admin: AdminSettings,
+    /// What one client may make the broker hold (`[quotas]`).
+    pub quotas: Quotas,
     /// TLS for `stomp+ssl://` listeners (`[tls]`).
     pub tls: TlsSettings,
     /// Destination policies.
@@ -743,6 +826,7 @@ impl Default for BrokerConfig {
             auth: AuthSettings::default(),
             producers: ProducerSettings::default(),
             admin: AdminSettings::default(),
+            quotas: Quotas::default(),
             tls: TlsSettings::default(),
             destinations: Destinations::default(),
             authorization: Vec::new(),
@@ -820,6 +904,7 @@ impl BrokerConfig {
         self.producers.validate()?;
         self.auth.validate()?;
         self.admin.resolve()?;
+        self.quotas.validate()?;
         self.validate_tls()?;
         self.authz = crate::authz::Authorization::compile(&self.authorization)
             .map_err(|e| invalid(format!("authorization[{}].{}", e.index, e.field), e.reason))?;
@@ -1033,6 +1118,33 @@ mod tests {
         let mut c = BrokerConfig::default();
         c.validate().unwrap();
         assert!(c.tls_server().is_none());
+    }
+
+    #[test]
+    fn quotas_section_is_printed_and_checked() {
+        let mut c = BrokerConfig::default();
+        c.validate().unwrap();
+        let text = c.to_toml();
+        assert!(text.contains("[quotas]"), "{text}");
+        assert!(
+            text.contains("max_subscriptions_per_connection = 1000"),
+            "{text}"
+        );
+        assert!(text.contains("destination_idle_timeout = \"5m\""), "{text}");
+        for bad in [
+            "[quotas]\nmax_destinations = 0\n",
+            "[quotas]\nmax_subscriptions_per_user = 0\n",
+            "[quotas]\nmax_header_bytes = 10\n",
+        ] {
+            let mut c = BrokerConfig::from_toml(bad).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            let key = bad.lines().nth(1).unwrap().split(' ').next().unwrap();
+            assert!(e.contains(&format!("quotas.{key}")), "{e}");
+        }
+        let mut c =
+            BrokerConfig::from_toml("[quotas]\ndestination_idle_timeout = \"0s\"\n").unwrap();
+        c.validate().unwrap();
+        assert!(c.quotas.destination_idle_timeout.0.is_zero());
     }
 
     #[test]

@@ -38,16 +38,18 @@ use fabricmq_stomp::{
 };
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::auth::Principal;
 use crate::broker::{Broker, Dedup};
+use crate::client_state::{resolve, PendingSend, Refusal, SubTarget, Transactions};
 use crate::destination::{ConsumerKey, Outbox, Queue, STORE_BACKLOG_LIMIT};
 use crate::message::{now_ms, Delivery, Message, Outbound, Source, DEFAULT_PRIORITY};
+use crate::quota::ConnQuota;
+use crate::socket::{Reader, Writer};
 use crate::store::{Op, ProducerSeq};
 use crate::tls::TlsAcceptor;
 
@@ -86,6 +88,18 @@ impl ConnError {
     fn with_receipt(mut self, f: &Frame) -> Self {
         self.receipt = f.get("receipt").map(str::to_string);
         self
+    }
+}
+
+impl From<Refusal> for ConnError {
+    fn from(r: Refusal) -> Self {
+        ConnError::new(r.message, r.detail)
+    }
+}
+
+impl From<crate::quota::QuotaError> for ConnError {
+    fn from(e: crate::quota::QuotaError) -> Self {
+        Refusal::from(e).into()
     }
 }
 
@@ -133,12 +147,6 @@ enum AckMode {
     Individual,
 }
 
-/// A destination resolved once: what a subscription reads from, or where a SEND goes.
-enum SubTarget {
-    Queue(Arc<Queue>),
-    Topic(Arc<crate::destination::Topic>),
-}
-
 struct Unacked {
     source: Source,
     msg_id: u64,
@@ -151,24 +159,6 @@ struct Subscription {
     target: SubTarget,
     /// Deliveries awaiting ACK/NACK, by delivery tag (increasing).
     unacked: BTreeMap<u64, Unacked>,
-}
-
-struct PendingSend {
-    destination: String,
-    is_queue: bool,
-    persistent: bool,
-    priority: u8,
-    expires: u64,
-    producer: Option<ProducerSeq>,
-    headers: Vec<(String, String)>,
-    body: Bytes,
-}
-
-#[derive(Default)]
-struct Transaction {
-    sends: Vec<PendingSend>,
-    /// (subscription key, delivery tags) acknowledged inside the transaction.
-    acks: Vec<(u64, Vec<u64>)>,
 }
 
 /// Serves one accepted socket until it closes. Errors are logged, never returned. With `tls`
@@ -235,7 +225,7 @@ pub async fn serve(
             conn.peer = peer.ip();
             conn.run().await;
             conn.settle_pending().await;
-            conn.cleanup();
+            conn.cleanup().await;
         }
         broker
             .stats
@@ -265,135 +255,6 @@ pub async fn refuse(mut stream: TcpStream, tls: Option<TlsAcceptor>, reason: &st
     .await;
 }
 
-/// The read side of a connection's socket. Plain TCP keeps the hot path of waiting for
-/// readiness and reserving the read buffer only then; TLS reads through rustls into a buffer
-/// reserved up front.
-enum Reader {
-    Plain(OwnedReadHalf),
-    Tls(tokio::io::ReadHalf<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-/// The write side of a connection's socket. A TLS write may leave encrypted bytes inside rustls
-/// when the socket is full (`dirty`): the loop then flushes even with nothing left to encode.
-enum Writer {
-    Plain(OwnedWriteHalf),
-    Tls {
-        io: tokio::io::WriteHalf<tokio_rustls::server::TlsStream<TcpStream>>,
-        dirty: bool,
-    },
-}
-
-impl Reader {
-    /// Reads what is available into `buf`, reserving `chunk` bytes when less than a quarter of
-    /// that is free. Returns (bytes read, room there was), or `None` after a spurious wakeup.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: no bytes are lost when it is dropped before completing.
-    async fn read_some(
-        &mut self,
-        buf: &mut BytesMut,
-        chunk: usize,
-    ) -> std::io::Result<Option<(usize, usize)>> {
-        fn reserve(buf: &mut BytesMut, chunk: usize) -> usize {
-            if buf.capacity() - buf.len() < chunk / 4 {
-                buf.reserve(chunk);
-            }
-            buf.capacity() - buf.len()
-        }
-        match self {
-            Reader::Plain(rd) => {
-                // The read buffer is reserved only once there is something to read.
-                rd.readable().await?;
-                let room = reserve(buf, chunk);
-                match rd.try_read_buf(buf) {
-                    Ok(n) => Ok(Some((n, room))),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
-                    Err(e) => Err(e),
-                }
-            }
-            Reader::Tls(rd) => {
-                let room = reserve(buf, chunk);
-                rd.read_buf(buf).await.map(|n| Some((n, room)))
-            }
-        }
-    }
-}
-
-impl Writer {
-    /// True when a TLS write left bytes inside rustls that still need a flush.
-    fn unflushed(&self) -> bool {
-        matches!(self, Writer::Tls { dirty: true, .. })
-    }
-
-    /// Writes part of `buf` (cancel safe, like [`AsyncWriteExt::write`]); with `buf` empty,
-    /// flushes what a TLS write left inside rustls and returns `Ok(0)`.
-    async fn write_some(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if buf.is_empty() {
-            self.flush().await?;
-            return Ok(0);
-        }
-        self.write(buf).await
-    }
-}
-
-impl AsyncRead for Reader {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Reader::Plain(r) => Pin::new(r).poll_read(cx, buf),
-            Reader::Tls(r) => Pin::new(r).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Writer {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Writer::Plain(w) => Pin::new(w).poll_write(cx, buf),
-            Writer::Tls { io, dirty } => {
-                let r = Pin::new(io).poll_write(cx, buf);
-                if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
-                    *dirty = true;
-                }
-                r
-            }
-        }
-    }
-
-    fn poll_flush(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Writer::Plain(w) => Pin::new(w).poll_flush(cx),
-            Writer::Tls { io, dirty } => {
-                let r = Pin::new(io).poll_flush(cx);
-                if matches!(r, std::task::Poll::Ready(Ok(()))) {
-                    *dirty = false;
-                }
-                r
-            }
-        }
-    }
-
-    fn poll_shutdown(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Writer::Plain(w) => Pin::new(w).poll_shutdown(cx),
-            Writer::Tls { io, .. } => Pin::new(io).poll_shutdown(cx),
-        }
-    }
-}
-
 struct Conn {
     broker: Arc<Broker>,
     id: u64,
@@ -416,7 +277,8 @@ struct Conn {
     sub_ids: HashMap<u64, String>,
     next_sub_key: u64,
     next_tag: u64,
-    txs: HashMap<String, Transaction>,
+    /// Open transactions, and the quota of everything this connection holds.
+    txs: Transactions,
     receipts: FuturesOrdered<ReceiptFuture>,
     /// Browser subscriptions being streamed: (subscription id, remaining messages).
     browsing: Vec<(String, std::vec::IntoIter<Arc<Message>>)>,
@@ -457,6 +319,7 @@ impl Conn {
         let max_pending = l.max_pending_bytes.0 as usize;
         let connect_deadline = tokio::time::Instant::now() + l.connect_timeout.0;
         let now = Instant::now();
+        let quota = ConnQuota::new(broker.quotas.clone());
         Conn {
             broker,
             id,
@@ -483,7 +346,7 @@ impl Conn {
             sub_ids: HashMap::new(),
             next_sub_key: 1,
             next_tag: 1,
-            txs: HashMap::new(),
+            txs: Transactions::new(quota),
             receipts: FuturesOrdered::new(),
             browsing: Vec::new(),
             send_every: None,
@@ -805,6 +668,7 @@ impl Conn {
         self.push_frame(&connected);
         debug!(version = version.as_str(), send_ms, expect_ms, "connected");
         self.producer_scope = Arc::from(principal.user.as_str());
+        self.txs.quota.set_user(&principal.user);
         self.principal = Some(principal);
         true
     }
@@ -849,21 +713,24 @@ impl Conn {
             Command::Nack => self.on_ack(f, true),
             Command::Begin => {
                 let tx = required(&f, "transaction")?.to_string();
-                if self.txs.contains_key(&tx) {
+                let begun = self
+                    .txs
+                    .begin(&tx)
+                    .map_err(|r| ConnError::from(r).with_receipt(&f))?;
+                if !begun {
                     return Err(ConnError::new(
                         "transaction already started",
                         format!("transaction {tx:?} is already open"),
                     )
                     .with_receipt(&f));
                 }
-                self.txs.insert(tx, Transaction::default());
                 self.receipt_now(&f);
                 Ok(())
             }
             Command::Commit => self.on_commit(f).await,
             Command::Abort => {
                 let tx = required(&f, "transaction")?;
-                if self.txs.remove(tx).is_none() {
+                if self.txs.end(tx).is_none() {
                     return Err(unknown_tx(tx).with_receipt(&f));
                 }
                 self.receipt_now(&f);
@@ -888,7 +755,7 @@ impl Conn {
         }
     }
 
-    fn parse_send(&self, mut f: Frame) -> Result<PendingSend, ConnError> {
+    fn parse_send(&self, mut f: Frame, may_create: bool) -> Result<PendingSend, ConnError> {
         let f = &mut f;
         let destination = required(f, "destination")?;
         let is_queue = check_destination(destination).map_err(|e| e.with_receipt(f))?;
@@ -954,14 +821,16 @@ impl Conn {
                 .with_receipt(f))
             }
         };
-        let destination = destination.to_string();
+        let user = self.principal.as_ref().map_or("", |p| p.user.as_str());
+        let target = resolve(&self.broker, user, destination, is_queue, may_create)
+            .map_err(|r| ConnError::from(r).with_receipt(f))?;
         // Application headers only, in a Vec of their own size: it lives as long as the message.
         let headers: Vec<(String, String)> = std::mem::take(&mut f.headers)
             .into_iter()
             .filter(|(k, _)| !is_broker_header(k))
             .collect();
         Ok(PendingSend {
-            destination,
+            target,
             is_queue,
             persistent,
             priority,
@@ -975,17 +844,34 @@ impl Conn {
     async fn on_send(&mut self, f: Frame) -> Result<(), ConnError> {
         let receipt = f.get("receipt").map(str::to_string);
         let tx = f.get("transaction").map(str::to_string);
+        self.txs
+            .quota
+            .check_headers(f.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|e| ConnError::from(e).with_receipt(&f))?;
+        // As `Message::header_bytes` will count them (for the header-memory backpressure).
+        let header_bytes: u64 = f
+            .headers
+            .iter()
+            .map(|(k, v)| (k.len() + v.len() + 32) as u64)
+            .sum();
+        let mut may_create = true;
         if let Some(destination) = f.get("destination") {
-            self.authorize(Right::Write, destination, &f)?;
+            may_create = self.authorize(Right::Write, destination, &f)?;
         }
-        let send = self.parse_send(f)?;
-        if let Some(tx) = tx {
-            let Some(t) = self.txs.get_mut(&tx) else {
-                let mut e = unknown_tx(&tx);
+        if let Some(tx) = &tx {
+            if !self.txs.contains(tx) {
+                let mut e = unknown_tx(tx);
                 e.receipt = receipt;
                 return Err(e);
-            };
-            t.sends.push(send);
+            }
+        }
+        let send = self.parse_send(f, may_create)?;
+        if let Some(tx) = tx {
+            self.txs.buffer_send(&tx, send).map_err(|r| {
+                let mut e = ConnError::from(r);
+                e.receipt = receipt.clone();
+                e
+            })?;
             if let Some(r) = receipt {
                 self.push_receipt(receipt_frame(&r));
             }
@@ -1036,8 +922,10 @@ impl Conn {
         if let Some((target, msg)) = accepted {
             self.route_in_order(target, msg);
         }
-        if self.broker.context().stores_behind() {
-            store_backpressure(self.broker.context().clone()).await;
+        if self.broker.context().stores_behind()
+            || self.broker.memory().producer_must_wait(header_bytes)
+        {
+            memory_backpressure(self.broker.clone(), header_bytes).await;
         }
         Ok(())
     }
@@ -1053,16 +941,10 @@ impl Conn {
             debug!(producer = ?send.producer, "duplicate send dropped");
             return None;
         }
-        // Resolved once: routing uses it, and the message shares its name.
-        let target = if send.is_queue {
-            SubTarget::Queue(self.broker.queue(&send.destination))
-        } else {
-            SubTarget::Topic(self.broker.topic(&send.destination))
-        };
-        let destination = match &target {
-            SubTarget::Queue(q) => q.name.clone(),
-            SubTarget::Topic(t) => t.name.clone(),
-        };
+        // Resolved once (when the SEND was read): routing uses it, and the message shares its
+        // name.
+        let target = send.target;
+        let destination = target.name();
         let mut msg = Message {
             id: self.broker.next_message_id(),
             destination,
@@ -1117,7 +999,7 @@ impl Conn {
 
     async fn on_commit(&mut self, f: Frame) -> Result<(), ConnError> {
         let txid = required(&f, "transaction")?;
-        let Some(tx) = self.txs.remove(txid) else {
+        let Some(tx) = self.txs.end(txid) else {
             return Err(unknown_tx(txid).with_receipt(&f));
         };
         let mut ops = Vec::new();
@@ -1154,6 +1036,17 @@ impl Conn {
             self.broker.apply(out.effects);
         }
         let mut accepted = Vec::new();
+        let header_bytes = tx
+            .sends
+            .iter()
+            .map(|s| {
+                s.headers
+                    .iter()
+                    .map(|(k, v)| (k.len() + v.len() + 32) as u64)
+                    .sum::<u64>()
+            })
+            .max()
+            .unwrap_or(0);
         for send in tx.sends {
             if let Some(m) = self.accept(send, &mut ops) {
                 accepted.push(m);
@@ -1189,26 +1082,33 @@ impl Conn {
         for (target, msg) in accepted {
             self.route_in_order(target, msg);
         }
-        if self.broker.context().stores_behind() {
-            store_backpressure(self.broker.context().clone()).await;
+        if self.broker.context().stores_behind()
+            || self.broker.memory().producer_must_wait(header_bytes)
+        {
+            memory_backpressure(self.broker.clone(), header_bytes).await;
         }
         Ok(())
     }
 
     /// Checks the `[[authorization]]` rights of this connection's user: `right` on
-    /// `destination`, and `admin` too when the destination does not exist yet.
-    fn authorize(&self, right: Right, destination: &str, f: &Frame) -> Result<(), ConnError> {
+    /// `destination`, and `admin` too when the destination does not exist yet. Returns whether
+    /// the user may create the destination (lookups with `false` never create one, so a
+    /// destination removed as idle after this check is not re-created without the right).
+    fn authorize(&self, right: Right, destination: &str, f: &Frame) -> Result<bool, ConnError> {
         let authz = self.broker.config.authorization();
         if !authz.is_enabled() {
-            return Ok(());
+            return Ok(true);
         }
         let Some(who) = &self.principal else {
-            return Ok(());
+            return Ok(true);
         };
-        let mut result = authz.check(who, right, destination);
-        if result.is_ok() && !self.broker.destination_exists(destination) {
-            result = authz.check(who, Right::Admin, destination);
-        }
+        let result = authz.check(who, right, destination).and_then(|()| {
+            match authz.check(who, Right::Admin, destination) {
+                Ok(()) => Ok(true),
+                Err(_) if self.broker.destination_exists(destination) => Ok(false),
+                Err(denied) => Err(denied),
+            }
+        });
         result.map_err(|denied| {
             warn!(user = %denied.user, right = denied.right.as_str(), destination, "not authorized");
             ConnError::new("not authorized", denied.to_string()).with_receipt(f)
@@ -1218,7 +1118,7 @@ impl Conn {
     fn on_subscribe(&mut self, f: Frame) -> Result<(), ConnError> {
         let destination = required(&f, "destination")?.to_string();
         let is_queue = check_destination(&destination).map_err(|e| e.with_receipt(&f))?;
-        self.authorize(Right::Read, &destination, &f)?;
+        let may_create = self.authorize(Right::Read, &destination, &f)?;
         let id = match f.get("id") {
             Some(id) => id.to_string(),
             None if self.version == Version::V1_0 => destination.clone(),
@@ -1256,7 +1156,21 @@ impl Conn {
                 )
                 .with_receipt(&f));
             }
-            let snapshot = self.broker.queue(&destination).browse();
+            let max = self.broker.config.quotas.max_subscriptions_per_connection;
+            if self.browsing.len() >= max {
+                return Err(ConnError::from(self.broker.quotas.refuse(
+                    crate::quota::Quota::SubscriptionsPerConnection,
+                    format!("this connection streams {max} browsers already"),
+                ))
+                .with_receipt(&f));
+            }
+            let user = self.principal.as_ref().map_or("", |p| p.user.as_str());
+            let snapshot = match resolve(&self.broker, user, &destination, true, may_create)
+                .map_err(|r| ConnError::from(r).with_receipt(&f))?
+            {
+                SubTarget::Queue(q) => q.browse(),
+                SubTarget::Topic(_) => Vec::new(),
+            };
             self.receipt_now(&f);
             self.browsing.push((id, snapshot.into_iter()));
             return Ok(());
@@ -1280,16 +1194,18 @@ impl Conn {
                 }
             },
         };
+        let user = self.principal.as_ref().map_or("", |p| p.user.as_str());
+        let target = resolve(&self.broker, user, &destination, is_queue, may_create)
+            .map_err(|r| ConnError::from(r).with_receipt(&f))?;
+        self.txs
+            .quota
+            .add_subscription()
+            .map_err(|e| ConnError::from(e).with_receipt(&f))?;
         let key = self.next_sub_key;
         self.next_sub_key += 1;
         let ckey = ConsumerKey {
             conn: self.id,
             sub: key,
-        };
-        let target = if is_queue {
-            SubTarget::Queue(self.broker.queue(&destination))
-        } else {
-            SubTarget::Topic(self.broker.topic(&destination))
         };
         self.subs.insert(
             id.clone(),
@@ -1337,6 +1253,7 @@ impl Conn {
             return Ok(());
         };
         self.sub_ids.remove(&sub.key);
+        self.txs.quota.remove_subscription();
         self.drop_subscription(sub, &HashSet::new());
         self.receipt_now(&f);
         Ok(())
@@ -1418,7 +1335,7 @@ impl Conn {
         let resolved = self.resolve_ack(&f)?;
         let tx = f.get("transaction").map(str::to_string);
         if let Some(tx) = &tx {
-            if !self.txs.contains_key(tx) {
+            if !self.txs.contains(tx) {
                 return Err(unknown_tx(tx).with_receipt(&f));
             }
         }
@@ -1438,9 +1355,7 @@ impl Conn {
         if let (Some(tx), false) = (&tx, nack) {
             // Settled at COMMIT; ABORT leaves them unacknowledged.
             let key = sub.key;
-            if let Some(t) = self.txs.get_mut(tx) {
-                t.acks.push((key, tags));
-            }
+            self.txs.buffer_ack(tx, key, tags);
             self.receipt_now(&f);
             return Ok(());
         }
@@ -1654,8 +1569,9 @@ impl Conn {
         }
     }
 
-    /// Gives every unsettled message back to its queue.
-    fn cleanup(&mut self) {
+    /// Gives every unsettled message back to its queue. Yields to the runtime every 1,024
+    /// subscriptions, so a connection with very many does not hold its worker thread.
+    async fn cleanup(&mut self) {
         self.outbox_rx.close();
         let mut undelivered: HashMap<u64, HashSet<u64>> = HashMap::new();
         while let Ok(ob) = self.outbox_rx.try_recv() {
@@ -1666,15 +1582,38 @@ impl Conn {
         self.flush_auto_acks();
         self.flush_journal_acks();
         let empty = HashSet::new();
-        for (_, sub) in std::mem::take(&mut self.subs) {
+        for (i, (_, sub)) in std::mem::take(&mut self.subs).into_iter().enumerate() {
             let u = undelivered.get(&sub.key).unwrap_or(&empty);
             self.drop_subscription(sub, u);
+            if i % 1024 == 1023 {
+                tokio::task::yield_now().await;
+            }
         }
         self.sub_ids.clear();
-        if !self.txs.is_empty() {
-            debug!(open = self.txs.len(), "open transactions discarded");
+        let open = self.txs.clear();
+        if open > 0 {
+            debug!(open, "open transactions discarded");
         }
-        self.txs.clear();
+    }
+}
+
+/// Waits while the stores are behind or, for a producer whose last message had more than
+/// [`crate::memory::SMALL_HEADERS`] of headers, while the headers of messages whose bodies are on
+/// disk exceed `limits.max_memory` (see [`crate::memory`]): the connection reads nothing meanwhile.
+async fn memory_backpressure(broker: Arc<Broker>, header_bytes: u64) {
+    if broker.context().stores_behind() {
+        store_backpressure(broker.context().clone()).await;
+    }
+    let memory = broker.memory();
+    if memory.producer_must_wait(header_bytes) {
+        debug!(
+            spilled_header_bytes = memory.spilled(),
+            "headers of messages on disk exceed limits.max_memory; pausing this producer"
+        );
+        tokio::select! {
+            _ = memory.wait_for_room() => {}
+            _ = broker.shutdown.cancelled() => {}
+        }
     }
 }
 

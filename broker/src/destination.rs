@@ -9,8 +9,16 @@
 //!
 //! Invariants:
 //! - a message is in exactly one place: `ready`, `inflight` (owned by one consumer), or gone;
-//! - `consumer.inflight` equals the number of `inflight` entries owned by that consumer;
+//! - `consumer.owned` holds exactly the ids of the `inflight` entries owned by that consumer;
+//! - a consumer is in `with_credit` exactly when it is open and owns fewer messages than its
+//!   prefetch window;
 //! - journal acks are written for persistent messages only, and exactly once per message.
+//!
+//! Consumer bookkeeping never scans: adding, removing (with its in-flight messages) and picking
+//! the next consumer with credit (round robin in subscription order) cost O(log n) in the
+//! number of consumers plus O(1) per message the consumer holds, so a connection with many
+//! subscriptions that disconnects does not hold a queue lock for O(n²) work.
+//! [`DestinationStats::bookkeeping_steps`] counts that work.
 //!
 //! Work that needs another destination (dead-lettering) is returned to the caller as
 //! [`Effects`] rather than done under this queue's lock, so no two queue locks are ever held.
@@ -20,7 +28,7 @@
 //! limit queued is disconnected with an ERROR ("slow consumer") instead of growing memory or
 //! silently losing messages; that is counted in `slow_consumers_closed`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -74,7 +82,17 @@ struct Consumer {
     key: ConsumerKey,
     outbox: Outbox,
     prefetch: u32,
-    inflight: u32,
+    /// Ids of the messages in flight to this consumer.
+    owned: HashSet<u64>,
+    /// Its connection is gone (a delivery failed): no more deliveries; removed by
+    /// [`Queue::remove_consumer`], which returns what it still owns.
+    closed: bool,
+}
+
+impl Consumer {
+    fn has_credit(&self) -> bool {
+        !self.closed && (self.owned.len() as u64) < u64::from(self.prefetch)
+    }
 }
 
 struct Inflight {
@@ -88,8 +106,39 @@ struct QueueState {
     ready: [BTreeMap<u64, Entry>; 10],
     ready_count: usize,
     inflight: HashMap<u64, Inflight>,
-    consumers: Vec<Consumer>,
-    rr: usize,
+    /// Consumers by subscription order (a number that only grows).
+    consumers: BTreeMap<u64, Consumer>,
+    /// A consumer's subscription order.
+    order: HashMap<ConsumerKey, u64>,
+    /// Orders of the consumers with room in their prefetch window.
+    with_credit: BTreeSet<u64>,
+    next_order: u64,
+    /// Order of the consumer served last (round robin continues after it).
+    rr: u64,
+}
+
+impl QueueState {
+    /// Takes message `id` off `key`'s window (acked, nacked or returned).
+    fn settle(&mut self, key: ConsumerKey, id: u64) {
+        let Some(&o) = self.order.get(&key) else {
+            return;
+        };
+        if let Some(c) = self.consumers.get_mut(&o) {
+            c.owned.remove(&id);
+            if c.has_credit() {
+                self.with_credit.insert(o);
+            }
+        }
+    }
+
+    /// The next consumer with credit after the last one served, round robin.
+    fn next_with_credit(&self) -> Option<u64> {
+        self.with_credit
+            .range(self.rr + 1..)
+            .next()
+            .or_else(|| self.with_credit.iter().next())
+            .copied()
+    }
 }
 
 /// Counters of one destination (monotonic unless noted).
@@ -111,6 +160,10 @@ pub struct DestinationStats {
     pub slow_consumers_closed: AtomicU64,
     /// Body bytes of the messages in the queue, ready and in flight (a gauge; queues only).
     pub bytes: AtomicU64,
+    /// Consumer bookkeeping work done under the lock: consumers added, removed or picked for a
+    /// delivery plus in-flight messages returned by a removed consumer. O(1) per event by design
+    /// (the tests check it; a scanning implementation would count every entry it visits).
+    pub bookkeeping_steps: AtomicU64,
 }
 
 /// Why a message left a queue for its dead-letter queue.
@@ -152,7 +205,7 @@ pub struct QueueContext {
     /// start-up, never fsynced for a client).
     pub temp: Journal,
     /// Memory accounting for bodies held in memory.
-    pub memory: Arc<crate::broker::MemoryBudget>,
+    pub memory: Arc<crate::memory::MemoryBudget>,
 }
 
 impl QueueContext {
@@ -249,6 +302,12 @@ impl Queue {
         self.lock().consumers.len()
     }
 
+    /// Whether the queue holds nothing and nobody: no messages, no consumers.
+    pub fn is_idle(&self) -> bool {
+        let s = self.lock();
+        s.ready_count == 0 && s.inflight.is_empty() && s.consumers.is_empty()
+    }
+
     /// Adds messages (already journaled if persistent) and dispatches.
     pub fn enqueue(self: &Arc<Self>, msgs: impl IntoIterator<Item = Arc<Message>>) -> Effects {
         self.enqueue_counted(msgs, 0)
@@ -290,12 +349,25 @@ impl Queue {
         prefetch: u32,
     ) -> Effects {
         let mut s = self.lock();
-        s.consumers.push(Consumer {
-            key,
-            outbox,
-            prefetch: prefetch.max(1),
-            inflight: 0,
-        });
+        if s.order.contains_key(&key) {
+            // A key is used once per connection; keep the first registration.
+            return Effects::default();
+        }
+        let o = s.next_order;
+        s.next_order += 1;
+        s.order.insert(key, o);
+        s.consumers.insert(
+            o,
+            Consumer {
+                key,
+                outbox,
+                prefetch: prefetch.max(1),
+                owned: HashSet::new(),
+                closed: false,
+            },
+        );
+        s.with_credit.insert(o);
+        self.stats.bookkeeping_steps.fetch_add(1, Ordering::Relaxed);
         self.dispatch(&mut s)
     }
 
@@ -308,13 +380,19 @@ impl Queue {
         undelivered: &std::collections::HashSet<u64>,
     ) -> Effects {
         let mut s = self.lock();
-        s.consumers.retain(|c| c.key != key);
-        let ids: Vec<u64> = s
-            .inflight
-            .iter()
-            .filter(|(_, f)| f.owner == key)
-            .map(|(id, _)| *id)
-            .collect();
+        let Some(o) = s.order.remove(&key) else {
+            return Effects::default();
+        };
+        s.with_credit.remove(&o);
+        let Some(c) = s.consumers.remove(&o) else {
+            return Effects::default();
+        };
+        self.stats
+            .bookkeeping_steps
+            .fetch_add(1 + c.owned.len() as u64, Ordering::Relaxed);
+        let mut ids: Vec<u64> = c.owned.into_iter().collect();
+        // Back in arrival order (the ready maps sort by id anyway; this keeps effects stable).
+        ids.sort_unstable();
         let mut effects = Effects::default();
         for id in ids {
             if let Some(f) = s.inflight.remove(&id) {
@@ -350,9 +428,7 @@ impl Queue {
             let Some(f) = s.inflight.remove(&id) else {
                 continue;
             };
-            if let Some(c) = s.consumers.iter_mut().find(|c| c.key == key) {
-                c.inflight = c.inflight.saturating_sub(1);
-            }
+            s.settle(key, id);
             self.release(&f.entry.msg);
             if f.entry.msg.persistent {
                 out.persistent.push(id);
@@ -383,9 +459,7 @@ impl Queue {
                 continue;
             }
             if let Some(f) = s.inflight.remove(&id) {
-                if let Some(c) = s.consumers.iter_mut().find(|c| c.key == key) {
-                    c.inflight = c.inflight.saturating_sub(1);
-                }
+                s.settle(key, id);
                 self.requeue_or_dead_letter(&mut s, f.entry, &mut effects);
             }
         }
@@ -434,6 +508,8 @@ impl Queue {
             .fetch_sub(u64::from(msg.body_len), Ordering::Relaxed);
         if msg.body.is_some() {
             self.ctx.memory.release(msg.memory_bytes());
+        } else {
+            self.ctx.memory.release_spilled(msg.header_bytes());
         }
     }
 
@@ -446,20 +522,10 @@ impl Queue {
         let now = now_ms();
         let mut delivered = 0u64;
         let mut redelivered = 0u64;
-        'outer: while s.ready_count > 0 {
-            // Find a consumer with credit, round robin.
-            let n = s.consumers.len();
-            let mut chosen = None;
-            for i in 0..n {
-                let idx = (s.rr + i) % n;
-                let c = &s.consumers[idx];
-                if c.inflight < c.prefetch {
-                    chosen = Some(idx);
-                    break;
-                }
-            }
-            let Some(idx) = chosen else { break };
-            s.rr = (idx + 1) % n;
+        while s.ready_count > 0 {
+            // The next consumer with credit, round robin (O(log n), no scan).
+            let Some(o) = s.next_with_credit() else { break };
+            self.stats.bookkeeping_steps.fetch_add(1, Ordering::Relaxed);
             // Take the next message: highest priority, then lowest id.
             let Some(mut entry) = pop_ready(s) else { break };
             if entry.msg.expired(now) {
@@ -478,38 +544,41 @@ impl Queue {
                 }
                 continue;
             }
+            s.rr = o;
             entry.deliveries += 1;
-            if entry.deliveries > 1 {
-                redelivered += 1;
-            }
             let id = entry.msg.id;
-            let c = &mut s.consumers[idx];
+            let source = Source::Queue(self.self_arc());
+            let Some(c) = s.consumers.get_mut(&o) else {
+                insert_ready(s, entry);
+                break;
+            };
             let delivery = Delivery {
                 sub_key: c.key.sub,
-                source: Source::Queue(self.self_arc()),
+                source,
                 msg: entry.msg.clone(),
                 delivery_count: entry.deliveries,
             };
             match c.outbox.deliver(delivery) {
                 Ok(()) => {
-                    c.inflight += 1;
+                    c.owned.insert(id);
                     let owner = c.key;
+                    let full = !c.has_credit();
+                    if entry.deliveries > 1 {
+                        redelivered += 1;
+                    }
                     s.inflight.insert(id, Inflight { entry, owner });
+                    if full {
+                        s.with_credit.remove(&o);
+                    }
                     delivered += 1;
                 }
                 Err(_) => {
-                    // The connection is closing: drop this consumer, keep the message.
+                    // The connection is closing: no more deliveries to this consumer (its
+                    // connection removes it and gets back what it owns); keep the message.
+                    c.closed = true;
+                    s.with_credit.remove(&o);
                     entry.deliveries -= 1;
-                    if entry.deliveries > 0 {
-                        redelivered -= 1;
-                    }
-                    let key = c.key;
-                    s.consumers.retain(|c| c.key != key);
                     insert_ready(s, entry);
-                    if s.consumers.is_empty() {
-                        break 'outer;
-                    }
-                    s.rr %= s.consumers.len();
                 }
             }
         }
@@ -563,6 +632,34 @@ struct TopicSub {
     outbox: Outbox,
 }
 
+/// A topic's subscribers: a list to fan out over, plus each one's position so that removing
+/// one is O(1) (swap with the last) instead of a scan.
+#[derive(Default)]
+struct TopicSubs {
+    list: Vec<TopicSub>,
+    pos: HashMap<ConsumerKey, usize>,
+}
+
+impl TopicSubs {
+    fn add(&mut self, sub: TopicSub) {
+        if self.pos.contains_key(&sub.key) {
+            return;
+        }
+        self.pos.insert(sub.key, self.list.len());
+        self.list.push(sub);
+    }
+
+    fn remove(&mut self, key: ConsumerKey) {
+        let Some(i) = self.pos.remove(&key) else {
+            return;
+        };
+        self.list.swap_remove(i);
+        if let Some(moved) = self.list.get(i) {
+            self.pos.insert(moved.key, i);
+        }
+    }
+}
+
 /// A publish/subscribe destination (non-durable subscriptions).
 pub struct Topic {
     /// STOMP name (`/topic/x`).
@@ -572,7 +669,7 @@ pub struct Topic {
     /// Most bytes a subscriber's connection may have queued before it is disconnected.
     slow_limit: u64,
     /// Never held across an `.await`.
-    subs: Mutex<Vec<TopicSub>>,
+    subs: Mutex<TopicSubs>,
 }
 
 impl Topic {
@@ -582,27 +679,29 @@ impl Topic {
             name,
             stats: DestinationStats::default(),
             slow_limit,
-            subs: Mutex::new(Vec::new()),
+            subs: Mutex::new(TopicSubs::default()),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<TopicSub>> {
+    fn lock(&self) -> MutexGuard<'_, TopicSubs> {
         self.subs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Adds a subscriber.
     pub fn subscribe(&self, key: ConsumerKey, outbox: Outbox) {
-        self.lock().push(TopicSub { key, outbox });
+        self.lock().add(TopicSub { key, outbox });
+        self.stats.bookkeeping_steps.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Removes a subscriber.
+    /// Removes a subscriber (O(1)).
     pub fn unsubscribe(&self, key: ConsumerKey) {
-        self.lock().retain(|s| s.key != key);
+        self.lock().remove(key);
+        self.stats.bookkeeping_steps.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Number of subscribers.
     pub fn subscriber_count(&self) -> usize {
-        self.lock().len()
+        self.lock().list.len()
     }
 
     /// Fans `msg` out to every subscriber.
@@ -614,7 +713,7 @@ impl Topic {
         }
         let mut subs = self.lock();
         let mut closed = Vec::new();
-        for sub in subs.iter() {
+        for sub in subs.list.iter() {
             if sub.outbox.pending.load(Ordering::Relaxed) > self.slow_limit {
                 let _ = sub.outbox.tx.send(Outbound::Close(format!(
                     "slow consumer: more than {} bytes pending for {}",
@@ -638,8 +737,8 @@ impl Topic {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if !closed.is_empty() {
-            subs.retain(|s| !closed.contains(&s.key));
+        for key in closed {
+            subs.remove(key);
         }
     }
 }

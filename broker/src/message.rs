@@ -53,13 +53,17 @@ impl Message {
 
     /// Bytes this message holds in memory (body plus an estimate of headers).
     pub fn memory_bytes(&self) -> u64 {
-        let headers: usize = self
-            .headers
+        let body = self.body.as_ref().map_or(0, |b| b.len()) as u64;
+        body + self.header_bytes() + 160
+    }
+
+    /// Bytes its application headers hold in memory (names, values and per-header
+    /// bookkeeping): what stays in memory when the body lives on disk only.
+    pub fn header_bytes(&self) -> u64 {
+        self.headers
             .iter()
-            .map(|(k, v)| k.len() + v.len() + 32)
-            .sum();
-        let body = self.body.as_ref().map_or(0, |b| b.len());
-        (body + headers + 160) as u64
+            .map(|(k, v)| (k.len() + v.len() + 32) as u64)
+            .sum()
     }
 
     /// Bytes one delivery of this message stands for while it waits in a connection's outbox:

@@ -265,6 +265,7 @@ pub async fn start_with(
         opts.gate,
         shutdown,
     );
+    broker.spawn_idle_sweeper();
     Ok(Started {
         broker,
         listeners,
