@@ -60,6 +60,13 @@ impl fmt::Debug for ZkCredentials {
 pub const AUTH_ENV: &str = "FABRIC_ZK_AUTH";
 /// Environment variable naming a file that holds `user:password` for the registry.
 pub const AUTH_FILE_ENV: &str = "FABRIC_ZK_AUTH_FILE";
+/// Environment variable that, set to a true value (`1`, `true`, `yes`), lets a process write the
+/// registry without credentials (the `--zk-insecure` flag of `mq-broker` and `mq-fabric`).
+pub const INSECURE_ENV: &str = "FABRIC_ZK_INSECURE";
+
+/// What running without registry credentials gives up (logged at WARN by
+/// [`RegistryConfig::require_credentials`] when the insecure flag allows it).
+pub const INSECURE_WARNING: &str = "running WITHOUT registry credentials (--zk-insecure): every node this process creates is writable by anyone who can reach ZooKeeper; they can redirect clients to another endpoint (rewrite the master record), yield or delete the master, change the group's epoch and change profiles. Set --zk-auth-file FILE (or FABRIC_ZK_AUTH_FILE / FABRIC_ZK_AUTH) to secure the fabric";
 
 impl ZkCredentials {
     /// Parses `user:password` (surrounding whitespace and a trailing newline are ignored).
@@ -126,6 +133,27 @@ impl RegistryConfig {
     pub fn with_credentials(mut self, credentials: Option<ZkCredentials>) -> Self {
         self.credentials = credentials;
         self
+    }
+
+    /// Secure by default: a process that writes the registry (`what`, e.g. "mq-broker in fabric
+    /// mode") must have credentials. Without them it is refused with
+    /// [`RegistryError::CredentialsRequired`] (the message says how to fix it) unless `insecure`
+    /// (the explicit `--zk-insecure` / [`INSECURE_ENV`] flag) is set, in which case
+    /// [`INSECURE_WARNING`] is logged at WARN and `Ok` returned.
+    pub fn require_credentials(&self, what: &str, insecure: bool) -> Result<(), RegistryError> {
+        if self.credentials.is_some() {
+            if insecure {
+                tracing::info!("registry credentials are set: --zk-insecure has no effect");
+            }
+            return Ok(());
+        }
+        if insecure {
+            tracing::warn!("{what}: {INSECURE_WARNING}");
+            return Ok(());
+        }
+        Err(RegistryError::CredentialsRequired {
+            what: what.to_owned(),
+        })
     }
 
     /// Parses `"host:port[,host:port...][/chroot]"`; the other settings get their defaults.
@@ -433,6 +461,25 @@ mod tests {
                 "{msg:?} lacks the input"
             );
         }
+    }
+
+    #[test]
+    fn writers_need_credentials_unless_insecure() {
+        let c = RegistryConfig::parse("zk1").unwrap();
+        let err = c.require_credentials("mq-broker", false).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CredentialsRequired);
+        let msg = err.to_string();
+        for part in [
+            "--zk-auth-file",
+            "FABRIC_ZK_AUTH_FILE",
+            "--zk-insecure",
+            "redirect",
+        ] {
+            assert!(msg.contains(part), "{msg:?} lacks {part:?}");
+        }
+        assert!(c.require_credentials("mq-broker", true).is_ok());
+        let c = c.with_credentials(Some(ZkCredentials::parse("u:p").unwrap()));
+        assert!(c.require_credentials("mq-broker", false).is_ok());
     }
 
     #[test]

@@ -61,7 +61,7 @@ async fn a_container_takes_its_configuration_from_its_profile() {
     let data = tempfile::tempdir().unwrap();
     let port = fabricmq_tests::process::free_port();
     let registry = {
-        let c = fabricmq_registry::RegistryConfig::parse(&zk_connect).unwrap();
+        let c = fabricmq_tests::process::test_registry_config(&zk_connect);
         fabricmq_registry::Registry::connect(c).await.unwrap()
     };
     registry

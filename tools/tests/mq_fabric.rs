@@ -12,7 +12,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fabricmq_registry::testing::ZkServer;
-use fabricmq_registry::{MasterRecord, MemberRecord, MemberState, Registry, RegistryConfig};
+use fabricmq_registry::{
+    MasterRecord, MemberRecord, MemberState, Registry, RegistryConfig, ZkCredentials,
+};
 use serde_json::Value;
 
 /// The ZooKeeper shared by the tests of this binary.
@@ -30,10 +32,18 @@ struct Run {
     took: Duration,
 }
 
-/// Runs `mq-fabric --zk CONNECT ARGS...` (FABRIC_ZK removed from the environment).
+/// The registry credentials of these tests' fabrics (writes need credentials by default).
+const ZK_AUTH: &str = "fabric:tools-test";
+
+/// Runs `mq-fabric --zk CONNECT ARGS...` (FABRIC_ZK removed from the environment) with the
+/// fabric's credentials ([`ZK_AUTH`]).
 fn mq_fabric(connect: &str, args: &[&str]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mq-fabric"));
-    cmd.env_remove("FABRIC_ZK").env_remove("RUST_LOG");
+    cmd.env_remove("FABRIC_ZK")
+        .env_remove("RUST_LOG")
+        .env_remove("FABRIC_ZK_AUTH_FILE")
+        .env_remove("FABRIC_ZK_INSECURE")
+        .env("FABRIC_ZK_AUTH", ZK_AUTH);
     cmd.arg("--zk").arg(connect).args(args);
     run(cmd)
 }
@@ -81,7 +91,9 @@ impl FakeBrokers {
             .enable_all()
             .build()
             .unwrap();
-        let config = RegistryConfig::parse(connect).unwrap();
+        let config = RegistryConfig::parse(connect)
+            .unwrap()
+            .with_credentials(Some(ZkCredentials::parse(ZK_AUTH).unwrap()));
         let registry = runtime.block_on(Registry::connect(config)).unwrap();
         FakeBrokers { runtime, registry }
     }
