@@ -10,6 +10,10 @@
 //! changed the epoch node) or the session may not write the node, the guard returns an error and
 //! the master steps down; it never serves under a record it cannot vouch for.
 //!
+//! The guard also watches the epoch node: once its version is not the claim's any more (a newer
+//! claim, or someone wrote it), the record no longer matches the group's epoch and clients ignore
+//! it, so the guard returns an error and the master steps down (a new election follows).
+//!
 //! Invariants: the guard writes only while the epoch node has the claim's version; a record that
 //! is intact (this session's ephemeral node, content equal to what was published, data version 0)
 //! is never touched; every repair is logged at WARN.
@@ -31,8 +35,8 @@ enum Restore {
 impl Registry {
     /// Watches `group`'s master record while this session is master with `claim`, restoring
     /// `record` (logged at WARN) each time the node is deleted, rewritten or replaced. Runs until
-    /// it cannot restore the record: returns [`RegistryError::BadVersion`] when the group's epoch
-    /// node no longer has the claim's version, [`RegistryError::NoAuth`] when this session may not
+    /// it cannot restore the record: returns [`RegistryError::BadVersion`] as soon as the group's
+    /// epoch node no longer has the claim's version (watched too), [`RegistryError::NoAuth`] when this session may not
     /// write the node, [`RegistryError::SessionExpired`] when the session ends (the caller steps
     /// down in every case). Connection losses are ridden out. Cancel safe (drop it before removing
     /// the record on a clean stop).
@@ -50,14 +54,26 @@ impl Registry {
             if self.is_ended() {
                 return Err(RegistryError::SessionExpired);
             }
-            let (node, watcher) = match read_node_and_watch(self, &path).await {
-                Ok(found) => found,
-                Err(e) if e.is_transient() => {
+            let epoch_path = paths.epoch();
+            let (master, epoch) = futures::future::join(
+                read_node_and_watch(self, &path),
+                read_node_and_watch(self, &epoch_path),
+            )
+            .await;
+            let ((node, watcher), (epoch, epoch_watcher)) = match (master, epoch) {
+                (Ok(m), Ok(e)) => (m, e),
+                (Err(e), _) | (_, Err(e)) if e.is_transient() => {
                     self.ride_out(&e).await?;
                     continue;
                 }
-                Err(e) => return Err(e),
+                (Err(e), _) | (_, Err(e)) => return Err(e),
             };
+            // The epoch node moved on (a newer claim, or someone wrote it): our record is no
+            // longer the group's, and clients ignore it. Only a new term can fix that.
+            if epoch.as_ref().map(|(_, stat)| stat.version) != Some(claim.version) {
+                tracing::warn!(%group, node = %epoch_path, epoch = claim.epoch, "the group's epoch node changed while we are master");
+                return Err(RegistryError::BadVersion { path: epoch_path });
+            }
             let damage = match &node {
                 None => Some("deleted".to_owned()),
                 Some((_, stat)) if stat.ephemeral_owner != self.session_id() => Some(format!(
@@ -79,11 +95,16 @@ impl Registry {
                             return Err(RegistryError::SessionExpired);
                         }
                     }
+                    event = epoch_watcher.changed() => {
+                        if event.event_type == zk::EventType::Session && event.session_state.is_terminated() {
+                            return Err(RegistryError::SessionExpired);
+                        }
+                    }
                     _ = events.wait_for(|e| e.is_terminal()) => return Err(RegistryError::SessionExpired),
                 }
                 continue;
             };
-            drop(watcher);
+            drop((watcher, epoch_watcher));
             tracing::warn!(%group, node = %path, %damage, epoch = claim.epoch, "our master record was changed by someone else: restoring it");
             let existing = node.map(|(_, stat)| stat.version);
             match self.restore_master(&paths, claim, &data, existing).await {

@@ -91,6 +91,14 @@ async fn a_container_takes_its_configuration_from_its_profile() {
                 "--state-file".into(),
                 data.path().join("state.json").display().to_string(),
             ],
+            // raw_args: the harness adds nothing, so the registry credentials are given here.
+            env: vec![(
+                "FABRIC_ZK_AUTH_FILE".into(),
+                fabricmq_tests::process::write_test_auth_file(data.path())
+                    .unwrap()
+                    .display()
+                    .to_string(),
+            )],
             raw_args: true,
             ..Default::default()
         })
