@@ -373,6 +373,7 @@ async fn the_master_restores_its_record_and_clients_ignore_a_forged_one() {
         services: vec![format!("stomp://127.0.0.1:{fake_port}")],
         since: genuine.since,
     };
+    let attacked = Instant::now();
     intruder
         .raw_set(&master_path, &serde_json::to_vec(&forged).unwrap())
         .await
@@ -384,10 +385,18 @@ async fn the_master_restores_its_record_and_clients_ignore_a_forged_one() {
         sent += 1;
     }
     wait_record(&intruder, "default", &genuine, "after the rewrite").await;
+    let rewrite_seen = attacked.elapsed();
 
     // Delete: the group must not stay masterless.
+    let attacked = Instant::now();
     intruder.raw_delete(&master_path).await.unwrap();
     wait_record(&intruder, "default", &genuine, "after the delete").await;
+    // Measured, not asserted (includes 20 receipted sends and the 10 ms polling of the check).
+    eprintln!(
+        "record back {:?} after the rewrite (20 receipted sends in between), {:?} after the delete",
+        rewrite_seen,
+        attacked.elapsed()
+    );
     for _ in 0..5 {
         conn.send(Outgoing::new("/queue/redirect", format!("m{sent}")))
             .await
@@ -403,6 +412,11 @@ async fn the_master_restores_its_record_and_clients_ignore_a_forged_one() {
     );
     let got = drain(addr_of(&genuine), "/queue/redirect", sent).await;
     assert_eq!(got.len(), sent, "{got:?}");
+    eprintln!(
+        "sent {sent} receipted, {} on the real queue, {} connections to the forged endpoint",
+        got.len(),
+        dialed.load(Ordering::SeqCst)
+    );
     let log = broker.log_text();
     assert!(log.contains("master record restored"), "{log}");
     assert_eq!(broker.role().as_deref(), Some("master"));
