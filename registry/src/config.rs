@@ -88,8 +88,16 @@ impl ZkCredentials {
         })
     }
 
-    /// Reads `user:password` from `path` (the file should be readable by its owner only).
+    /// Reads `user:password` from `path` (the file should be readable by its owner only: a WARN
+    /// names a file that group or others may read or write).
     pub fn from_file(path: &std::path::Path) -> Result<ZkCredentials, RegistryError> {
+        if let Some(mode) = open_to_others(path) {
+            tracing::warn!(
+                file = %path.display(),
+                mode = %format_args!("{mode:04o}"),
+                "the registry credentials file is readable or writable by other users: anyone who reads it can redirect the fabric's clients; chmod 600 it"
+            );
+        }
         let text = std::fs::read_to_string(path).map_err(|e| RegistryError::Config {
             input: path.display().to_string(),
             reason: format!("cannot read the ZooKeeper credentials file: {e}"),
@@ -119,6 +127,14 @@ impl ZkCredentials {
             Err(_) => Ok(None),
         }
     }
+}
+
+/// The permission bits of `path` if group or others have any right on it (`None` if not, or if
+/// it cannot be read).
+pub fn open_to_others(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o077 != 0).then_some(mode)
 }
 
 impl RegistryConfig {
@@ -461,6 +477,19 @@ mod tests {
                 "{msg:?} lacks the input"
             );
         }
+    }
+
+    #[test]
+    fn credentials_files_open_to_others_are_detected() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zk-auth");
+        std::fs::write(&path, "u:p\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(open_to_others(&path), Some(0o644));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(open_to_others(&path), None);
+        assert_eq!(ZkCredentials::from_file(&path).unwrap().user, "u");
     }
 
     #[test]
