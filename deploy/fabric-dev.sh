@@ -8,6 +8,9 @@
 #
 # Environment: FABRIC_DIR (default /tmp/fabricmq-dev), ZK_PORT (default 2181), STOMP_PORT
 # (default 61613; the group's listener, only the master binds it), BIN (default target/release).
+# The registry is secured: a random user:password is generated once into $FABRIC_DIR/zk-auth
+# (mode 0600) and given to mq-fabric and the brokers through FABRIC_ZK_AUTH_FILE; use it for
+# mq-fabric commands that write (e.g. FABRIC_ZK_AUTH_FILE=$FABRIC_DIR/zk-auth mq-fabric master yield default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="${FABRIC_DIR:-/tmp/fabricmq-dev}"
@@ -15,6 +18,14 @@ zk_port="${ZK_PORT:-2181}"
 stomp_port="${STOMP_PORT:-61613}"
 bin="${BIN:-target/release}"
 zk="127.0.0.1:${zk_port}"
+
+# The fabric's registry credentials (generated once per work directory, readable by us only).
+ensure_auth() {
+  if [ ! -s "$dir/zk-auth" ]; then
+    (umask 077; echo "fabric:$(python3 -c 'import secrets; print(secrets.token_hex(16))')" >"$dir/zk-auth")
+  fi
+  export FABRIC_ZK_AUTH_FILE="$dir/zk-auth"
+}
 
 zk_classpath() {
   # zookeeper.jar's manifest lists its dependencies; the two logging jars give it a log4j binding.
@@ -59,6 +70,7 @@ case "${1:-}" in
     n="${2:-2}"
     mkdir -p "$dir"
     [ -x "$bin/mq-broker" ] || cargo build --release --locked --bins -q
+    ensure_auth
     start_zk
     "$bin/mq-fabric" --zk "$zk" profile create dev --group default --kind master-slave \
       --containers "$n" --listen "stomp://127.0.0.1:$stomp_port" --data "$dir/shared" 2>/dev/null \
@@ -102,5 +114,5 @@ PY
     echo "stopped"
     ;;
   *)
-    sed -n '2,12p' "$0"; exit 2 ;;
+    sed -n '2,15p' "$0"; exit 2 ;;
 esac

@@ -22,6 +22,10 @@
 //!   its stopped heart and re-checks with ZooKeeper before acknowledging anything.
 //! - **Registry entries tell the truth.** The member record says slave / activating / master; the
 //!   master record is created only after the listeners are bound and removed before they close.
+//!   While serving, the master guards its record (`Registry::guard_master`): deleted or rewritten
+//!   by anyone, it is restored (fenced by the epoch); if it cannot be, the master steps down.
+//! - **Secure registry.** A credentialed container repairs open ACLs of the nodes it owns at each
+//!   connect (`Registry::secure_group`), logging each repaired node at WARN.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -105,6 +109,7 @@ pub async fn run(config: BrokerConfig, ha: HaSettings, shutdown: CancellationTok
             }
         };
         let session = tokio::spawn(mirror_session(registry.events(), ha.status.clone()));
+        repair_acls(&registry, &ha).await;
         let ended = term(&config, &ha, &registry, &shutdown).await;
         // Not serving any more, whatever happens next (closing may wait for ZooKeeper).
         write_state(&ha, "slave", &[], None);
@@ -130,6 +135,32 @@ pub async fn run(config: BrokerConfig, ha: HaSettings, shutdown: CancellationTok
         ha.status.set_role(Role::Connecting);
         registry.close().await;
         session.abort();
+    }
+}
+
+/// A credentialed container checks the ACLs of the nodes it owns (see
+/// `Registry::secure_group`) and repairs open ones; the registry logs each repaired node and each
+/// node it cannot repair at WARN. Without credentials (`--zk-insecure`) there is nothing to do:
+/// this container creates open nodes itself. A failed pass is logged and the container goes on.
+async fn repair_acls(registry: &Registry, ha: &HaSettings) {
+    if registry.config().credentials.is_none() {
+        return;
+    }
+    match registry
+        .secure_group(&ha.group, ha.profile.as_deref())
+        .await
+    {
+        Ok(report) if report.repaired.is_empty() && report.unrepairable.is_empty() => {
+            info!(checked = report.checked, group = %ha.group, "registry ACLs checked: none open");
+        }
+        Ok(report) => warn!(
+            checked = report.checked,
+            repaired = report.repaired.len(),
+            left_open = report.unrepairable.len(),
+            group = %ha.group,
+            "registry ACLs checked: open nodes found"
+        ),
+        Err(e) => warn!(error = %e, group = %ha.group, "cannot check the registry ACLs"),
     }
 }
 
@@ -367,6 +398,7 @@ async fn term(
         ha,
         &member,
         claim,
+        &record,
         &gate,
         &journal,
         shutdown,
@@ -522,11 +554,16 @@ async fn watch_term(
     ha: &HaSettings,
     member: &Member,
     claim: EpochClaim,
+    record: &MasterRecord,
     gate: &Gate,
     journal: &crate::store::Journal,
     shutdown: &CancellationToken,
     session_timeout: Duration,
 ) -> Ended {
+    // Our master record stays as published: deleted or rewritten by anyone, it is put back
+    // (fenced by the epoch); if it cannot be, this term ends.
+    let guard = registry.guard_master(&ha.group, claim, record);
+    tokio::pin!(guard);
     let mut events = registry.events();
     let mut heart = tokio::time::interval(Duration::from_millis(25));
     heart.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -537,6 +574,14 @@ async fn watch_term(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ended::Shutdown,
+            guarded = &mut guard => {
+                let why = match guarded {
+                    Err(RegistryError::BadVersion { .. }) => "the group's epoch moved on".to_owned(),
+                    Err(e) => e.to_string(),
+                    Ok(()) => "the master record guard ended".to_owned(),
+                };
+                return Ended::StepDown(format!("cannot keep our master record in place: {why}"));
+            }
             _ = handover.tick(), if suspended_since.is_none() && gate.is_open() => {
                 // Bounded well inside the heart's grace: a hung ZooKeeper call must not keep
                 // this loop from seeing session events.

@@ -65,6 +65,13 @@ struct Cli {
     /// identity only and readable by anyone.
     #[arg(long, value_name = "FILE")]
     zk_auth_file: Option<std::path::PathBuf>,
+    /// Run the fabric WITHOUT registry credentials (also FABRIC_ZK_INSECURE=1): every node this
+    /// container creates is then writable by anyone who can reach ZooKeeper (they can redirect
+    /// clients, yield or delete the master, change profiles). Without credentials and without
+    /// this flag a fabric container refuses to start.
+    #[arg(long, env = fabricmq_registry::INSECURE_ENV,
+          value_parser = clap::builder::FalseyValueParser::new())]
+    zk_insecure: bool,
     /// ZooKeeper session timeout (e.g. "4s"); a master steps down after a third of it without
     /// ZooKeeper.
     #[arg(long, default_value = "4s", value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -160,6 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             registry.credentials =
                 fabricmq_registry::ZkCredentials::from_env_or_file(cli.zk_auth_file.as_deref())
                     .context("registry credentials")?;
+            registry.require_credentials("mq-broker in fabric mode (--zk)", cli.zk_insecure)?;
             let container = cli
                 .container
                 .clone()

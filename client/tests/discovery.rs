@@ -387,3 +387,54 @@ async fn keeps_the_last_endpoints_while_zookeeper_is_frozen_and_says_so_once() {
     assert_eq!(log.count(BACK), 1, "log:\n{}", log.text());
     p1.close().await;
 }
+
+/// Only the genuine master record is followed: a record rewritten by someone else (here one epoch
+/// ahead, pointing elsewhere) or one left behind by an epoch claimed since reads as "no master
+/// known" (empty endpoints: the failover transport keeps waiting instead of moving there), and
+/// the next genuine record is followed again.
+#[tokio::test]
+async fn a_forged_or_outdated_master_record_is_not_followed() {
+    let _turn = TURN.lock().await;
+    let connect = with_zk(|zk| zk.chroot_connect());
+    let group = "g-forged";
+    let a = publisher(&connect).await;
+    publish(&a, group, record("broker-a", &["stomp://127.0.0.1:61613"])).await;
+    let discovery = start(discovery_config(&connect), group).await;
+    let mut eps = discovery.endpoints();
+    wait_endpoints(&mut eps, &endpoints(&[("127.0.0.1", 61613)])).await;
+    let genuine = a.master(group).await.unwrap().expect("published");
+
+    // Rewritten in place to another endpoint with a newer-looking epoch.
+    let path = a.layout().group(group).master();
+    let forged = MasterRecord {
+        container: "evil".into(),
+        epoch: genuine.epoch + 1,
+        services: vec!["stomp://127.0.0.1:6666".into()],
+        since: 1,
+    };
+    a.raw_set(&path, &serde_json::to_vec(&forged).unwrap())
+        .await
+        .unwrap();
+    wait_endpoints(&mut eps, &[]).await;
+    assert_eq!(*discovery.master().borrow(), None);
+
+    // Rewritten again with the group's own epoch: still not the record the master created.
+    let same_epoch = MasterRecord {
+        epoch: genuine.epoch,
+        ..forged.clone()
+    };
+    a.raw_set(&path, &serde_json::to_vec(&same_epoch).unwrap())
+        .await
+        .unwrap();
+    // A genuine record published after it is followed (the forged one never was).
+    publish(&a, group, record("broker-b", &["stomp://127.0.0.1:61615"])).await;
+    wait_endpoints(&mut eps, &endpoints(&[("127.0.0.1", 61615)])).await;
+
+    // An epoch claimed without a matching record: the old record is outdated.
+    a.next_epoch(group).await.unwrap();
+    wait_endpoints(&mut eps, &[]).await;
+    publish(&a, group, record("broker-c", &["stomp://127.0.0.1:61616"])).await;
+    wait_endpoints(&mut eps, &endpoints(&[("127.0.0.1", 61616)])).await;
+    drop(discovery);
+    a.close().await;
+}

@@ -64,6 +64,9 @@ done
 echo "==> ZooKeeper on 127.0.0.1:$zk_port"
 
 # ---- the group: two containers, one shared data directory ----
+# The registry is secured with a generated user:password (mode 0600 file in the work directory).
+(umask 077; echo "fabric:$(python3 -c 'import secrets; print(secrets.token_hex(16))')" >"$work/zk-auth")
+export FABRIC_ZK_AUTH_FILE="$work/zk-auth"
 for i in 0 1; do
   n=$((i + 1))
   "$bin/mq-broker" --zk "127.0.0.1:$zk_port" --group haproxy --container "broker$n" \

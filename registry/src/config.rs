@@ -60,6 +60,13 @@ impl fmt::Debug for ZkCredentials {
 pub const AUTH_ENV: &str = "FABRIC_ZK_AUTH";
 /// Environment variable naming a file that holds `user:password` for the registry.
 pub const AUTH_FILE_ENV: &str = "FABRIC_ZK_AUTH_FILE";
+/// Environment variable that, set to a true value (`1`, `true`, `yes`), lets a process write the
+/// registry without credentials (the `--zk-insecure` flag of `mq-broker` and `mq-fabric`).
+pub const INSECURE_ENV: &str = "FABRIC_ZK_INSECURE";
+
+/// What running without registry credentials gives up (logged at WARN by
+/// [`RegistryConfig::require_credentials`] when the insecure flag allows it).
+pub const INSECURE_WARNING: &str = "running WITHOUT registry credentials (--zk-insecure): every node this process creates is writable by anyone who can reach ZooKeeper; they can redirect clients to another endpoint (rewrite the master record), yield or delete the master, change the group's epoch and change profiles. Set --zk-auth-file FILE (or FABRIC_ZK_AUTH_FILE / FABRIC_ZK_AUTH) to secure the fabric";
 
 impl ZkCredentials {
     /// Parses `user:password` (surrounding whitespace and a trailing newline are ignored).
@@ -81,8 +88,16 @@ impl ZkCredentials {
         })
     }
 
-    /// Reads `user:password` from `path` (the file should be readable by its owner only).
+    /// Reads `user:password` from `path` (the file should be readable by its owner only: a WARN
+    /// names a file that group or others may read or write).
     pub fn from_file(path: &std::path::Path) -> Result<ZkCredentials, RegistryError> {
+        if let Some(mode) = open_to_others(path) {
+            tracing::warn!(
+                file = %path.display(),
+                mode = %format_args!("{mode:04o}"),
+                "the registry credentials file is readable or writable by other users: anyone who reads it can redirect the fabric's clients; chmod 600 it"
+            );
+        }
         let text = std::fs::read_to_string(path).map_err(|e| RegistryError::Config {
             input: path.display().to_string(),
             reason: format!("cannot read the ZooKeeper credentials file: {e}"),
@@ -114,6 +129,14 @@ impl ZkCredentials {
     }
 }
 
+/// The permission bits of `path` if group or others have any right on it (`None` if not, or if
+/// it cannot be read).
+pub fn open_to_others(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
 impl RegistryConfig {
     /// Default session timeout.
     pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(4);
@@ -126,6 +149,27 @@ impl RegistryConfig {
     pub fn with_credentials(mut self, credentials: Option<ZkCredentials>) -> Self {
         self.credentials = credentials;
         self
+    }
+
+    /// Secure by default: a process that writes the registry (`what`, e.g. "mq-broker in fabric
+    /// mode") must have credentials. Without them it is refused with
+    /// [`RegistryError::CredentialsRequired`] (the message says how to fix it) unless `insecure`
+    /// (the explicit `--zk-insecure` / [`INSECURE_ENV`] flag) is set, in which case
+    /// [`INSECURE_WARNING`] is logged at WARN and `Ok` returned.
+    pub fn require_credentials(&self, what: &str, insecure: bool) -> Result<(), RegistryError> {
+        if self.credentials.is_some() {
+            if insecure {
+                tracing::info!("registry credentials are set: --zk-insecure has no effect");
+            }
+            return Ok(());
+        }
+        if insecure {
+            tracing::warn!("{what}: {INSECURE_WARNING}");
+            return Ok(());
+        }
+        Err(RegistryError::CredentialsRequired {
+            what: what.to_owned(),
+        })
     }
 
     /// Parses `"host:port[,host:port...][/chroot]"`; the other settings get their defaults.
@@ -433,6 +477,38 @@ mod tests {
                 "{msg:?} lacks the input"
             );
         }
+    }
+
+    #[test]
+    fn credentials_files_open_to_others_are_detected() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zk-auth");
+        std::fs::write(&path, "u:p\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(open_to_others(&path), Some(0o644));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(open_to_others(&path), None);
+        assert_eq!(ZkCredentials::from_file(&path).unwrap().user, "u");
+    }
+
+    #[test]
+    fn writers_need_credentials_unless_insecure() {
+        let c = RegistryConfig::parse("zk1").unwrap();
+        let err = c.require_credentials("mq-broker", false).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CredentialsRequired);
+        let msg = err.to_string();
+        for part in [
+            "--zk-auth-file",
+            "FABRIC_ZK_AUTH_FILE",
+            "--zk-insecure",
+            "redirect",
+        ] {
+            assert!(msg.contains(part), "{msg:?} lacks {part:?}");
+        }
+        assert!(c.require_credentials("mq-broker", true).is_ok());
+        let c = c.with_credentials(Some(ZkCredentials::parse("u:p").unwrap()));
+        assert!(c.require_credentials("mq-broker", false).is_ok());
     }
 
     #[test]

@@ -464,10 +464,13 @@ impl Registry {
         Ok(self.get_json(&path).await?.map(|(record, _)| record))
     }
 
-    /// Stream of the master record: yields the current value first, then every change (appears /
-    /// changes / disappears; consecutive equal values are yielded once). Watches are re-armed
-    /// across reconnects, and the node is re-read after any connection trouble. A master node with
-    /// unreadable content counts as `None` (logged). Ends when the session expires or closes,
+    /// Stream of the *genuine* master record: yields the current value first, then every change
+    /// (appears / changes / disappears; consecutive equal values are yielded once). Watches (on
+    /// the master node and on the epoch node) are re-armed across reconnects, and the nodes are
+    /// re-read after any connection trouble. A master node with unreadable content counts as
+    /// `None` (logged), and so does a record that is not genuine: its epoch differs from the
+    /// group's epoch node, or its node was rewritten after it was created (see
+    /// `read_and_watch`); clients then wait instead of connecting to where it points. Ends when the session expires or closes,
     /// including when every `Registry` clone is dropped (discovery then builds a new `Registry`).
     pub fn watch_master(
         &self,
@@ -476,9 +479,9 @@ impl Registry {
         let state = WatchState {
             registry: Arc::downgrade(&self.inner),
             events: self.events(),
-            path: self.group_paths(group).map(|p| p.master()),
+            path: self.group_paths(group),
             last: None,
-            watcher: None,
+            watchers: None,
         };
         futures::stream::unfold(state, |mut state| async move {
             let value = state.next().await?;
@@ -494,7 +497,7 @@ impl Registry {
     }
 }
 
-fn parse_epoch(path: &str, data: &[u8]) -> Result<u64, RegistryError> {
+pub(crate) fn parse_epoch(path: &str, data: &[u8]) -> Result<u64, RegistryError> {
     if data.iter().all(u8::is_ascii_whitespace) {
         return Ok(0);
     }
@@ -504,25 +507,31 @@ fn parse_epoch(path: &str, data: &[u8]) -> Result<u64, RegistryError> {
 struct WatchState {
     registry: Weak<Inner>,
     events: watch::Receiver<SessionEvent>,
-    path: Result<String, RegistryError>,
+    path: Result<GroupPaths, RegistryError>,
     last: Option<Option<MasterRecord>>,
-    watcher: Option<zk::OneshotWatcher>,
+    /// Armed on the master node and on the epoch node: either change means a re-read.
+    watchers: Option<(zk::OneshotWatcher, zk::OneshotWatcher)>,
 }
 
 impl WatchState {
     /// The next distinct value, or `None` when the session is over.
     async fn next(&mut self) -> Option<Option<MasterRecord>> {
-        let path = match &self.path {
-            Ok(path) => path.clone(),
+        let paths = match &self.path {
+            Ok(paths) => paths.clone(),
             Err(e) => {
                 tracing::warn!(error = %e, "watch_master: bad group name");
                 return None;
             }
         };
         loop {
-            if let Some(watcher) = self.watcher.take() {
+            if let Some((master, epoch)) = self.watchers.take() {
                 tokio::select! {
-                    event = watcher.changed() => {
+                    event = master.changed() => {
+                        if event.event_type == zk::EventType::Session && event.session_state.is_terminated() {
+                            return None;
+                        }
+                    }
+                    event = epoch.changed() => {
                         if event.event_type == zk::EventType::Session && event.session_state.is_terminated() {
                             return None;
                         }
@@ -533,9 +542,9 @@ impl WatchState {
             let registry = Registry {
                 inner: self.registry.upgrade()?,
             };
-            match read_and_watch(&registry, &path).await {
-                Ok((value, watcher)) => {
-                    self.watcher = Some(watcher);
+            match read_and_watch(&registry, &paths).await {
+                Ok((value, watchers)) => {
+                    self.watchers = Some(watchers);
                     if self.last.as_ref() != Some(&value) {
                         self.last = Some(value.clone());
                         return Some(value);
@@ -548,7 +557,7 @@ impl WatchState {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, %path, "watch_master: read failed; retrying");
+                    tracing::warn!(error = %e, group = %paths.group, "watch_master: read failed; retrying");
                     tokio::time::sleep(registry.config().op_timeout).await;
                 }
             }
@@ -559,27 +568,19 @@ impl WatchState {
     }
 }
 
-/// Reads the master node and leaves a watch on it (data watch if present, exists watch if not).
-async fn read_and_watch(
+/// Reads a node and leaves a watch on it (data watch if present, exists watch if not):
+/// `(data and stat, or None if absent; the watcher)`.
+pub(crate) async fn read_node_and_watch(
     registry: &Registry,
     path: &str,
-) -> Result<(Option<MasterRecord>, zk::OneshotWatcher), RegistryError> {
+) -> Result<(Option<(Vec<u8>, zk::Stat)>, zk::OneshotWatcher), RegistryError> {
     let client = registry.client()?;
     loop {
         match registry
             .timed("get", path, client.get_and_watch_data(path))
             .await
         {
-            Ok((data, _, watcher)) => {
-                let value = match decode::<MasterRecord>(path, &data) {
-                    Ok(record) => Some(record),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "unreadable master record; treating as no master");
-                        None
-                    }
-                };
-                return Ok((value, watcher));
-            }
+            Ok((data, stat, watcher)) => return Ok((Some((data, stat)), watcher)),
             Err(RegistryError::NoNode { .. }) => {
                 match registry
                     .timed("exists", path, client.check_and_watch_stat(path))
@@ -593,4 +594,64 @@ async fn read_and_watch(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Reads the master node and the epoch node together (one round trip: the two requests are
+/// pipelined) and leaves a watch on each. The record counts only if it is *genuine*: its epoch
+/// is the epoch node's and the node was never rewritten (a master creates its record and never
+/// sets it, so its data version is 0). Anything else (a record rewritten to another endpoint, a
+/// record older than the epoch node, an epoch claimed without a record yet) reads as "no master
+/// known": clients wait for the genuine one instead of connecting elsewhere.
+async fn read_and_watch(
+    registry: &Registry,
+    paths: &GroupPaths,
+) -> Result<
+    (
+        Option<MasterRecord>,
+        (zk::OneshotWatcher, zk::OneshotWatcher),
+    ),
+    RegistryError,
+> {
+    let (master_path, epoch_path) = (paths.master(), paths.epoch());
+    let (master, epoch) = futures::future::join(
+        read_node_and_watch(registry, &master_path),
+        read_node_and_watch(registry, &epoch_path),
+    )
+    .await;
+    let ((master, master_watch), (epoch, epoch_watch)) = (master?, epoch?);
+    let value = match master {
+        None => None,
+        Some((data, stat)) => match decode::<MasterRecord>(&master_path, &data) {
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable master record; treating as no master");
+                None
+            }
+            Ok(record) => {
+                let epoch = match &epoch {
+                    None => Ok(0),
+                    Some((data, _)) => parse_epoch(&epoch_path, data),
+                };
+                match epoch {
+                    Ok(epoch) if epoch == record.epoch && stat.version == 0 => Some(record),
+                    Ok(epoch) => {
+                        tracing::warn!(
+                            group = %paths.group,
+                            record_epoch = record.epoch,
+                            group_epoch = epoch,
+                            record_version = stat.version,
+                            container = %record.container,
+                            services = ?record.services,
+                            "ignoring a master record that is not the genuine one (its epoch is not the group's, or it was rewritten); waiting for the master to publish"
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "unreadable epoch node; treating as no master");
+                        None
+                    }
+                }
+            }
+        },
+    };
+    Ok((value, (master_watch, epoch_watch)))
 }

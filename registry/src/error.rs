@@ -84,6 +84,13 @@ pub enum RegistryError {
         /// The node path.
         path: String,
     },
+    /// A process that writes the registry was started without credentials and without the
+    /// explicit insecure flag (see [`crate::config::RegistryConfig::require_credentials`]).
+    #[error("{what} needs registry credentials: without them every node it writes is open to anyone who can reach ZooKeeper (they could redirect clients to another endpoint, yield or delete the master, change profiles). Set --zk-auth-file FILE (a file holding user:password, mode 0600), or FABRIC_ZK_AUTH_FILE=FILE, or FABRIC_ZK_AUTH=user:password; to run without credentials anyway pass --zk-insecure (or FABRIC_ZK_INSECURE=1)")]
+    CredentialsRequired {
+        /// Who needs them (`mq-broker in fabric mode`, `mq-fabric profile create`, ...).
+        what: String,
+    },
     /// Any other ZooKeeper failure.
     #[error("ZooKeeper {op} on {path} failed: {message}")]
     Other {
@@ -119,6 +126,8 @@ pub enum ErrorKind {
     Invalid,
     /// [`RegistryError::NoAuth`].
     NoAuth,
+    /// [`RegistryError::CredentialsRequired`].
+    CredentialsRequired,
     /// [`RegistryError::Other`].
     Other,
 }
@@ -137,6 +146,7 @@ impl RegistryError {
             RegistryError::BadVersion { .. } => ErrorKind::BadVersion,
             RegistryError::Invalid { .. } => ErrorKind::Invalid,
             RegistryError::NoAuth { .. } => ErrorKind::NoAuth,
+            RegistryError::CredentialsRequired { .. } => ErrorKind::CredentialsRequired,
             RegistryError::Other { .. } => ErrorKind::Other,
         }
     }

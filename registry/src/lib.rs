@@ -11,6 +11,8 @@
 //!   wrapper every call goes through;
 //! - `election`: membership, the herd-free wait for first place, epochs, the fenced master
 //!   record and its watch stream;
+//! - `guard`: the serving master's watch that restores its own master record;
+//! - `acl`: node ACLs, and the repair of open ones to the secure ACL;
 //! - `profiles`: profile CRUD;
 //! - `testing` (feature `test-server`): a real ZooKeeper child process for tests.
 //!
@@ -18,9 +20,11 @@
 //! swapped. Every call is bounded by [`RegistryConfig::op_timeout`]; a hung connection is reported
 //! as [`RegistryError::ConnectionLoss`] or [`RegistryError::Timeout`], never as a hang.
 
+mod acl;
 pub mod config;
 mod election;
 pub mod error;
+mod guard;
 mod handover;
 pub mod layout;
 mod profiles;
@@ -28,7 +32,8 @@ mod session;
 #[cfg(feature = "test-server")]
 pub mod testing;
 
-pub use config::{RegistryConfig, ZkCredentials};
+pub use acl::{AclEntry, AclReport};
+pub use config::{RegistryConfig, ZkCredentials, INSECURE_ENV, INSECURE_WARNING};
 pub use election::{EpochClaim, Member, MemberInfo};
 pub use error::{ErrorKind, RegistryError};
 pub use layout::{
@@ -69,6 +74,10 @@ mod tests {
         is_send(&r.remove_master_any("g"));
         is_send(&r.master("g"));
         is_send(&r.watch_master("g"));
+        is_send(&r.guard_master("g", claim, &master));
+        is_send(&r.secure_group("g", None));
+        is_send(&r.secure_tree());
+        is_send(&r.acl("/g"));
         is_send(&r.groups());
         is_send(&r.create_profile(&p));
         is_send(&r.put_profile(&p));

@@ -21,7 +21,7 @@ use crate::layout::Layout;
 
 /// The ACL of nodes created by an authenticated session: its own identity may do anything,
 /// anyone may read (brokers and `mq-fabric` write, discovery clients only read).
-static SECURED_ACL: [zk::Acl; 2] = [
+pub(crate) static SECURED_ACL: [zk::Acl; 2] = [
     zk::Acl::new_const(zk::Permission::ALL, "auth", ""),
     zk::Acl::new_const(zk::Permission::READ, "world", "anyone"),
 ];
@@ -457,6 +457,24 @@ impl Registry {
     pub async fn raw_data(&self, path: &str) -> Result<Option<Vec<u8>>, RegistryError> {
         check_path(path)?;
         Ok(self.get(path).await?.map(|(data, _)| data))
+    }
+
+    /// Overwrites the data of the existing node `path` (relative to the chroot), any version: for
+    /// diagnostics and the tests that play an intruder. `NoNode` if it does not exist, `NoAuth`
+    /// if its ACL does not let this session write.
+    pub async fn raw_set(&self, path: &str, data: &[u8]) -> Result<(), RegistryError> {
+        check_path(path)?;
+        let client = self.client()?;
+        self.timed("set", path, client.set_data(path, data, None))
+            .await
+            .map(|_| ())
+    }
+
+    /// Deletes the node `path` (relative to the chroot), any version: for diagnostics and the
+    /// tests that play an intruder. `NoNode` if it does not exist.
+    pub async fn raw_delete(&self, path: &str) -> Result<(), RegistryError> {
+        check_path(path)?;
+        self.delete(path, None).await
     }
 
     /// The children of `path` (relative to the chroot), sorted; empty if the node does not exist.

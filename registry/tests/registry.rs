@@ -644,3 +644,57 @@ async fn invalid_content_is_reported_with_the_path() {
     drop(raw);
     r.close().await;
 }
+
+/// The master's guard puts its record back after a rewrite and a delete by another session,
+/// and gives up (BadVersion: the caller steps down) once the epoch moved on; it never replaces
+/// the newer master's record.
+#[tokio::test]
+async fn the_guard_restores_the_master_record_until_the_epoch_moves_on() {
+    let config = fresh_config();
+    let (a, b) = (connect(&config).await, connect(&config).await);
+    let claim = a.next_epoch("g").await.unwrap();
+    let mine = master_record("a", claim);
+    a.publish_master("g", claim, &mine).await.unwrap();
+    let guard = tokio::spawn({
+        let (a, mine) = (a.clone(), mine.clone());
+        async move { a.guard_master("g", claim, &mine).await }
+    });
+    let path = b.layout().group("g").master();
+    let wait_restored = |what: &'static str| {
+        let (b, mine) = (b.clone(), mine.clone());
+        within(what, async move {
+            let mut stream = Box::pin(b.watch_master("g"));
+            while let Some(value) = stream.next().await {
+                if value.as_ref() == Some(&mine) {
+                    return;
+                }
+            }
+        })
+    };
+    let forged = MasterRecord {
+        container: "evil".into(),
+        ..mine.clone()
+    };
+    b.raw_set(&path, &serde_json::to_vec(&forged).unwrap())
+        .await
+        .unwrap();
+    wait_restored("restored after a rewrite").await;
+    b.raw_delete(&path).await.unwrap();
+    wait_restored("restored after a delete").await;
+    assert!(!guard.is_finished());
+
+    // A newer epoch: the guard may not restore any more.
+    b.remove_master_any("g").await.unwrap();
+    let newer = b.next_epoch("g").await.unwrap();
+    let err = within("guard gives up", guard).await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadVersion, "{err}");
+    // (The guard may have restored the record once between the delete and the claim.)
+    b.remove_master_any("g").await.unwrap();
+    b.publish_master("g", newer, &master_record("b", newer))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.master("g").await.unwrap(),
+        Some(master_record("b", newer))
+    );
+}

@@ -53,6 +53,55 @@ pub struct BrokerOptions {
     pub netns: Option<String>,
     /// Fabric mode: the host published in the master record (default 127.0.0.1).
     pub advertise_host: Option<String>,
+    /// Fabric mode: do not give the broker the harness's registry credentials
+    /// ([`TEST_ZK_AUTH`]). They are given by default (a 0600 file in the work directory, named
+    /// by `FABRIC_ZK_AUTH_FILE`) unless `env` or `args` already choose credentials or
+    /// `--zk-insecure`.
+    pub no_registry_credentials: bool,
+}
+
+/// The registry credentials (`user:password`) the harness gives fabric brokers, so that test
+/// fabrics run secured as production ones do. Tests that change the registry use them too
+/// ([`test_registry_config`]).
+pub const TEST_ZK_AUTH: &str = "fabricmq-test:harness-secret";
+
+/// A registry configuration for `zk` carrying [`TEST_ZK_AUTH`].
+pub fn test_registry_config(zk: &str) -> fabricmq_registry::RegistryConfig {
+    fabricmq_registry::RegistryConfig::parse(zk)
+        .expect("a valid connect string")
+        .with_credentials(Some(
+            fabricmq_registry::ZkCredentials::parse(TEST_ZK_AUTH).expect("valid credentials"),
+        ))
+}
+
+/// Writes [`TEST_ZK_AUTH`] to `dir/zk-auth` (mode 0600) and returns the file's path.
+pub fn write_test_auth_file(dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("zk-auth");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{TEST_ZK_AUTH}")?;
+    Ok(path)
+}
+
+/// Whether the options already say how the broker deals with registry credentials.
+fn chooses_registry_auth(opts: &BrokerOptions) -> bool {
+    opts.no_registry_credentials
+        || opts.env.iter().any(|(k, _)| {
+            k == fabricmq_registry::config::AUTH_ENV
+                || k == fabricmq_registry::config::AUTH_FILE_ENV
+                || k == fabricmq_registry::INSECURE_ENV
+        })
+        || opts
+            .args
+            .iter()
+            .any(|a| a == "--zk-auth-file" || a == "--zk-insecure")
 }
 
 /// A free loopback port (bound and released; fine for tests that must know a port in advance).
@@ -144,6 +193,14 @@ impl BrokerProcess {
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)
             .stderr(logf);
+        // Only what the test chose reaches the broker (not the runner's own environment).
+        cmd.env_remove(fabricmq_registry::config::AUTH_ENV)
+            .env_remove(fabricmq_registry::config::AUTH_FILE_ENV)
+            .env_remove(fabricmq_registry::INSECURE_ENV);
+        if opts.fabric.is_some() && !chooses_registry_auth(&opts) {
+            let auth = write_test_auth_file(work.path())?;
+            cmd.env(fabricmq_registry::config::AUTH_FILE_ENV, auth);
+        }
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }

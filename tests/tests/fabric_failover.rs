@@ -61,7 +61,7 @@ async fn a_container_takes_its_configuration_from_its_profile() {
     let data = tempfile::tempdir().unwrap();
     let port = fabricmq_tests::process::free_port();
     let registry = {
-        let c = fabricmq_registry::RegistryConfig::parse(&zk_connect).unwrap();
+        let c = fabricmq_tests::process::test_registry_config(&zk_connect);
         fabricmq_registry::Registry::connect(c).await.unwrap()
     };
     registry
@@ -93,6 +93,14 @@ async fn a_container_takes_its_configuration_from_its_profile() {
                 // Fabric mode refuses the built-in admin/admin login without it (issue 10).
                 "--allow-default-admin".into(),
             ],
+            // raw_args: the harness adds nothing, so the registry credentials are given here.
+            env: vec![(
+                "FABRIC_ZK_AUTH_FILE".into(),
+                fabricmq_tests::process::write_test_auth_file(data.path())
+                    .unwrap()
+                    .display()
+                    .to_string(),
+            )],
             raw_args: true,
             ..Default::default()
         })

@@ -16,11 +16,15 @@ mod fabric_common;
 
 use fabric_common::*;
 
-/// Runs `mq-fabric --zk <zk> master yield <args>`; returns (exit code, stdout, stderr).
+/// Runs `mq-fabric --zk <zk> master yield <args>` with the harness's registry credentials;
+/// returns (exit code, stdout, stderr).
 async fn mq_fabric_yield(zk: &str, args: &[&str]) -> (i32, String, String) {
     let out = tokio::process::Command::new(binary("mq-fabric"))
         .args(["--zk", zk, "master", "yield"])
         .args(args)
+        .env_remove("FABRIC_ZK_AUTH_FILE")
+        .env_remove("FABRIC_ZK_INSECURE")
+        .env("FABRIC_ZK_AUTH", fabricmq_tests::process::TEST_ZK_AUTH)
         .output()
         .await
         .expect("mq-fabric");

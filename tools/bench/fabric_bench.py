@@ -254,9 +254,21 @@ signal.signal(signal.SIGTERM, on_signal)
 signal.signal(signal.SIGINT, on_signal)
 
 
+def fabric_auth(work):
+    """The fabric's registry credentials: a generated user:password in a 0600 file, given to the
+    brokers (and mq-fabric) through FABRIC_ZK_AUTH_FILE."""
+    path = os.path.join(work, "zk-auth")
+    if not os.path.exists(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("fabric:%s\n" % os.urandom(16).hex())
+    os.environ["FABRIC_ZK_AUTH_FILE"] = path
+
+
 def fabric_pair(zk, work, session_timeout):
     shared = os.path.join(work, "shared-data")
     os.makedirs(shared, exist_ok=True)
+    fabric_auth(work)
     brokers = []
     for i in (1, 2):
         port = free_port()

@@ -12,7 +12,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fabricmq_registry::testing::ZkServer;
-use fabricmq_registry::{MasterRecord, MemberRecord, MemberState, Registry, RegistryConfig};
+use fabricmq_registry::{
+    MasterRecord, MemberRecord, MemberState, Registry, RegistryConfig, ZkCredentials,
+};
 use serde_json::Value;
 
 /// The ZooKeeper shared by the tests of this binary.
@@ -30,10 +32,18 @@ struct Run {
     took: Duration,
 }
 
-/// Runs `mq-fabric --zk CONNECT ARGS...` (FABRIC_ZK removed from the environment).
+/// The registry credentials of these tests' fabrics (writes need credentials by default).
+const ZK_AUTH: &str = "fabric:tools-test";
+
+/// Runs `mq-fabric --zk CONNECT ARGS...` (FABRIC_ZK removed from the environment) with the
+/// fabric's credentials ([`ZK_AUTH`]).
 fn mq_fabric(connect: &str, args: &[&str]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mq-fabric"));
-    cmd.env_remove("FABRIC_ZK").env_remove("RUST_LOG");
+    cmd.env_remove("FABRIC_ZK")
+        .env_remove("RUST_LOG")
+        .env_remove("FABRIC_ZK_AUTH_FILE")
+        .env_remove("FABRIC_ZK_INSECURE")
+        .env("FABRIC_ZK_AUTH", ZK_AUTH);
     cmd.arg("--zk").arg(connect).args(args);
     run(cmd)
 }
@@ -81,7 +91,9 @@ impl FakeBrokers {
             .enable_all()
             .build()
             .unwrap();
-        let config = RegistryConfig::parse(connect).unwrap();
+        let config = RegistryConfig::parse(connect)
+            .unwrap()
+            .with_credentials(Some(ZkCredentials::parse(ZK_AUTH).unwrap()));
         let registry = runtime.block_on(Registry::connect(config)).unwrap();
         FakeBrokers { runtime, registry }
     }
@@ -574,4 +586,68 @@ fn silent_server_fails_within_the_timeout() {
     );
     assert!(r.took < Duration::from_millis(3_500), "took {:?}", r.took);
     drop(listener);
+}
+
+/// `secure` sets the secure ACL on every open node under the root (created by a session without
+/// credentials), reports them, and is refused without credentials; `--zk-insecure` lets a
+/// writing command run without them, with a warning.
+#[test]
+fn secure_repairs_open_acls_and_writers_need_credentials() {
+    let zk = zk().chroot_connect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let anonymous = runtime
+        .block_on(Registry::connect(RegistryConfig::parse(&zk).unwrap()))
+        .unwrap();
+    runtime.block_on(anonymous.next_epoch("g")).unwrap();
+    let epoch = anonymous.layout().group("g").epoch();
+    let open = |path: &str| {
+        runtime
+            .block_on(anonymous.acl(path))
+            .unwrap()
+            .expect(path)
+            .iter()
+            .any(|e| e.is_open())
+    };
+    assert!(open(&epoch));
+
+    // Without credentials: refused before connecting, saying how to fix it.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mq-fabric"));
+    cmd.env_remove("FABRIC_ZK_AUTH")
+        .env_remove("FABRIC_ZK_AUTH_FILE")
+        .env_remove("FABRIC_ZK_INSECURE")
+        .env_remove("RUST_LOG")
+        .args(["--zk", &zk, "secure"]);
+    let r = run(cmd);
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(r.stderr.contains("needs registry credentials"), "{r:#?}");
+    assert!(r.stderr.contains("--zk-insecure"), "{r:#?}");
+
+    let r = expect(&zk, &["--json", "secure"], 0);
+    let v = json(&r);
+    let repaired: Vec<&str> = v["repaired"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    for node in ["/fabric", "/fabric/registry/clusters/g", epoch.as_str()] {
+        assert!(repaired.contains(&node), "{node} not in {repaired:?}");
+        assert!(!open(node), "{node} still open");
+    }
+    let v = json(&expect(&zk, &["--json", "secure"], 0));
+    assert_eq!(v["repaired"].as_array().unwrap().len(), 0, "{v}");
+
+    // Insecure on purpose: allowed, with a warning (here refused by the now secured node).
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mq-fabric"));
+    cmd.env_remove("FABRIC_ZK_AUTH")
+        .env_remove("FABRIC_ZK_AUTH_FILE")
+        .env_remove("RUST_LOG")
+        .env("FABRIC_ZK_INSECURE", "1")
+        .args(["--zk", &zk, "master", "yield", "g", "--wait", "1s"]);
+    let r = run(cmd);
+    assert!(r.stderr.contains("WITHOUT registry credentials"), "{r:#?}");
+    runtime.block_on(anonymous.close());
 }

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use fabricmq_registry::testing::ZkServer;
-use fabricmq_registry::{MasterRecord, Registry, RegistryConfig};
+use fabricmq_registry::{MasterRecord, Registry};
 use fabricmq_stomp::{Command, Frame};
 use fabricmq_tests::process::{free_port, BrokerOptions, BrokerProcess};
 use fabricmq_tests::raw::{body, Raw};
@@ -83,7 +83,8 @@ impl Group {
     }
 
     pub async fn registry(&self) -> Registry {
-        let mut c = RegistryConfig::parse(&self.zk).unwrap();
+        // The harness gives the brokers its credentials; tests that change the registry use them.
+        let mut c = fabricmq_tests::process::test_registry_config(&self.zk);
         c.session_timeout = Duration::from_secs(4);
         Registry::connect(c).await.unwrap()
     }

@@ -86,6 +86,18 @@ pub struct Cli {
     )]
     pub zk_auth_file: Option<std::path::PathBuf>,
 
+    /// Let commands that write (profile create/edit/delete, master yield) run WITHOUT registry
+    /// credentials (also FABRIC_ZK_INSECURE=1): what they create is writable by anyone who can
+    /// reach ZooKeeper. Without credentials and without this flag they refuse to run.
+    #[arg(
+        long,
+        global = true,
+        env = fabricmq_registry::INSECURE_ENV,
+        value_parser = clap::builder::FalseyValueParser::new(),
+        help_heading = "Global options"
+    )]
+    pub zk_insecure: bool,
+
     /// Print one JSON value (one line) on stdout instead of tables and text.
     #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
@@ -122,6 +134,37 @@ pub enum Command {
     /// The master of a group.
     #[command(subcommand)]
     Master(MasterCommand),
+    /// Repair open ACLs: every node of the fabric that anyone may change (created by a session
+    /// without credentials) gets the secure ACL (these credentials: all; anyone: read). Needs
+    /// the fabric's credentials.
+    Secure,
+}
+
+impl Command {
+    /// Whether the command changes the registry (and so needs credentials, or --zk-insecure).
+    pub fn writes(&self) -> bool {
+        match self {
+            Command::ClusterList { .. } | Command::Container(_) | Command::Status { .. } => false,
+            Command::Profile(p) => !matches!(p, ProfileCommand::List | ProfileCommand::Show { .. }),
+            Command::Master(_) | Command::Secure => true,
+        }
+    }
+
+    /// The command's name as typed (`profile create`, `master yield`, ...), for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::ClusterList { .. } => "cluster-list",
+            Command::Container(_) => "container list",
+            Command::Status { .. } => "status",
+            Command::Profile(ProfileCommand::Create(_)) => "profile create",
+            Command::Profile(ProfileCommand::List) => "profile list",
+            Command::Profile(ProfileCommand::Show { .. }) => "profile show",
+            Command::Profile(ProfileCommand::Delete { .. }) => "profile delete",
+            Command::Profile(ProfileCommand::Edit(_)) => "profile edit",
+            Command::Master(MasterCommand::Yield { .. }) => "master yield",
+            Command::Secure => "secure",
+        }
+    }
 }
 
 /// `mq-fabric master ...`.

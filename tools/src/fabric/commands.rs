@@ -127,6 +127,7 @@ impl Fabric {
             Command::Master(MasterCommand::Yield { group, to, wait }) => {
                 self.master_yield(group, to.as_deref(), *wait, json).await
             }
+            Command::Secure => self.secure(json).await,
             Command::Profile(p) => match p {
                 ProfileCommand::Create(args) => self.profile_create(args, json).await,
                 ProfileCommand::List => self.profile_list(json).await,
@@ -135,6 +136,46 @@ impl Fabric {
                 ProfileCommand::Edit(args) => self.profile_edit(args, json).await,
             },
         }
+    }
+
+    /// `secure`: repairs every open ACL under the root; prints what it repaired and what it
+    /// could not. An open node left behind is an error (exit status 1).
+    async fn secure(&self, json: bool) -> anyhow::Result<Exit> {
+        let report = self
+            .call("secure", self.registry.secure_tree())
+            .await
+            .map_err(|e| self.explain(e, "repairing registry ACLs"))?;
+        if json {
+            print_json(&serde_json::json!({
+                "checked": report.checked,
+                "repaired": report.repaired,
+                "unrepairable": report
+                    .unrepairable
+                    .iter()
+                    .map(|(node, why)| serde_json::json!({"node": node, "error": why}))
+                    .collect::<Vec<_>>(),
+            }))?;
+        } else {
+            let mut text = format!(
+                "checked {} nodes, repaired {}\n",
+                report.checked,
+                report.repaired.len()
+            );
+            for node in &report.repaired {
+                text.push_str(&format!("repaired  {node}\n"));
+            }
+            for (node, why) in &report.unrepairable {
+                text.push_str(&format!("LEFT OPEN {node}: {why}\n"));
+            }
+            print_text(&text)?;
+        }
+        if !report.unrepairable.is_empty() {
+            bail!(
+                "{} node(s) are still open: this identity may not change their ACL",
+                report.unrepairable.len()
+            );
+        }
+        Ok(Exit::Success)
     }
 
     /// The groups to show: the one asked for, or every registered group in name order.

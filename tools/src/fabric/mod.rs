@@ -6,7 +6,12 @@
 //! * `container list`: every live group member, plus a warning for each profile that has fewer
 //!   live containers than it asks for;
 //! * `status [GROUP]`: one line per group; exit status 3 when a group has no master;
-//! * `profile create|list|show|edit|delete`: the broker profiles containers start from.
+//! * `profile create|list|show|edit|delete`: the broker profiles containers start from;
+//! * `master yield GROUP`: controlled hand-over;
+//! * `secure`: repair open ACLs of the fabric's nodes (needs the fabric's credentials).
+//!
+//! Commands that write refuse to run without registry credentials unless `--zk-insecure` (or
+//! `FABRIC_ZK_INSECURE=1`) is given, which prints a warning saying what it gives up.
 //!
 //! Layout of the module:
 //!
@@ -52,6 +57,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
     let credentials =
         fabricmq_registry::ZkCredentials::from_env_or_file(cli.zk_auth_file.as_deref())?;
     let zk = cli.zk.clone().with_credentials(credentials);
+    if cli.command.writes() {
+        let what = format!("mq-fabric {}", cli.command.name());
+        zk.require_credentials(&what, cli.zk_insecure)?;
+        if zk.credentials.is_none() {
+            // Logs are off by default in this tool: say it on stderr.
+            eprintln!(
+                "mq-fabric: warning: {}",
+                fabricmq_registry::INSECURE_WARNING
+            );
+        }
+    }
     let fabric = Fabric::connect(&zk, &cli.zk_root, cli.timeout).await?;
     let result = fabric.execute(&cli.command, cli.json).await;
     fabric.close().await;
