@@ -20,15 +20,16 @@
 //!   lost with the journal come back flagged `redelivered` (at-least-once).
 //! - **Same addresses.** The listeners are bound again to the addresses the first start bound
 //!   (also when configured with port 0), so clients and the ready file stay valid.
-//! - **Retries only what can heal.** Re-opening waits until the data directory's filesystem has
-//!   room for two journal segments (`2 × journal.segment_bytes`: the one written and its spare;
-//!   otherwise the broker would serve until
-//!   the next write and fail again, dropping every client each time), and retries I/O errors
-//!   (a transient error) with a back-off from 100 ms to 5 s, forever; while it does, `/health` answers 503
-//!   `store failed: <error>` and `fabricmq_store_failed` is 1. A store that re-opens as damaged
-//!   (a corrupt segment before the last, which needs `--salvage`), fenced, or a listener that
-//!   cannot be bound again ends the process with an error (exit code 1), for the operator or the
-//!   supervisor.
+//! - **Retries only what can heal, with back-off.** Re-opening waits until the data directory's
+//!   filesystem has room for two journal segments (`2 × journal.segment_bytes`: the one written
+//!   and its spare; otherwise the broker would serve until the next write and fail again,
+//!   dropping every client each time; it looks every 250 ms), and retries I/O errors with a
+//!   back-off from 100 ms to 5 s, forever. The back-off also separates a failure from the next re-open, and keeps growing
+//!   while terms end within a minute (a disk that fails every write does not make a busy loop).
+//!   Meanwhile `/health` answers 503 `store failed: <error>` and `fabricmq_store_failed` is 1. A
+//!   store that re-opens as damaged (a corrupt segment before the last, which needs `--salvage`),
+//!   fenced, or a listener that cannot be bound again ends the process with an error (exit code
+//!   1), for the operator or the supervisor.
 //! - The first start is unchanged: any error there ends the process.
 
 use std::net::SocketAddr;
@@ -50,6 +51,10 @@ const WATCH_EVERY: Duration = Duration::from_millis(25);
 /// First and longest pause between two attempts to re-open a failed store.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often a broker waiting for free space looks at its filesystem (`statvfs`, cheap).
+const SPACE_POLL: Duration = Duration::from_millis(250);
+/// A term that served at least this long resets the back-off.
+const STABLE_TERM: Duration = Duration::from_secs(60);
 
 /// Why a standalone broker stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -95,24 +100,27 @@ pub async fn run(
     let status = settings.status;
     let mut bound: Option<Vec<SocketAddr>> = None;
     let mut retry = RETRY_FIRST;
+    // Why the last term ended (what /health reports while re-opening).
+    let mut failure = String::new();
     loop {
         if bound.is_some() {
             // Re-opening on a disk that is still full would serve until the next write fails
-            // (and drop every client again): first wait for room for a segment.
-            if let Some(free) = short_of_space(&config) {
-                warn!(
-                    free_bytes = free,
-                    needed_bytes = needed_space(&config),
-                    dir = %config.data_dir.display(),
-                    retry_in_ms = retry.as_millis() as u64,
-                    "not enough free space to re-open the store yet"
-                );
+            // (and drop every client again): first wait for room for two segments.
+            let mut said = false;
+            while let Some(free) = short_of_space(&config) {
+                if !said {
+                    let (needed, dir) = (needed_space(&config), config.data_dir.display());
+                    warn!(free_bytes = free, needed_bytes = needed, %dir,
+                        "not enough free space to re-open the store; waiting for it");
+                    status.store_failed(&format!(
+                        "{failure}; waiting for free space: {free} of {needed} bytes in {dir}"
+                    ));
+                    said = true;
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(retry) => {}
+                    _ = tokio::time::sleep(SPACE_POLL) => {}
                 }
-                retry = (retry * 2).min(RETRY_MAX);
-                continue;
             }
         }
         let term = shutdown.child_token();
@@ -149,7 +157,7 @@ pub async fn run(
             info!(listeners = ?addrs, "store re-opened from disk: serving again");
         }
         bound = Some(started.local_addrs());
-        retry = RETRY_FIRST;
+        let serving_since = std::time::Instant::now();
         status.serving_standalone(&addrs, &started.broker);
         if let Some(path) = &settings.ready_file {
             write_ready_file(path, &addrs, &status)?;
@@ -166,10 +174,19 @@ pub async fn run(
         // the journal is shut down and its lock released, then a new broker reads the disk.
         gate.close();
         status.store_failed(&reason);
+        failure = reason.clone();
         error!(error = %reason, "the store failed: stepping down (clients dropped) to re-open it from disk");
         term.cancel();
         let _ = serve.await;
         status.set_role(Role::Recovering);
+        if serving_since.elapsed() >= STABLE_TERM {
+            retry = RETRY_FIRST;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(retry) => {}
+        }
+        retry = (retry * 2).min(RETRY_MAX);
     }
 }
 

@@ -208,6 +208,22 @@ async fn a_standalone_broker_recovers_by_itself_when_space_returns() {
     }
     let health = wait_health(admin, 503, &b).await;
     assert!(health.starts_with("store failed: "), "{health:?}");
+    // It does not re-open the store while the disk has no room for it.
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        let health = get(admin, "/health").await;
+        if let Some((503, body)) = &health {
+            if body.contains("waiting for free space") {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not waiting for free space: {health:?}\n{}",
+            b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // An ACK the broker cannot store gets no RECEIPT (an ERROR, or the connection is gone).
     let id = held[0].get("ack").unwrap().to_string();
