@@ -9,9 +9,10 @@ mq-broker on loopback. Starts the broker itself (fresh temporary directory), sto
       (VmHWM) and the largest sampled VmRSS, the good client's login times, the attackers'
       outcomes and how much the broker logged.
 
-  auth_probe.py admin --broker PATH [--connections 20000]
-      Holds CONNECTIONS admin connections (each sent a partial request header), then times a
-      STOMP login + receipted SEND and a GET /health on a new connection.
+  auth_probe.py admin --broker PATH [--connections 20000] [--broker-nofile N]
+      Holds CONNECTIONS admin connections (each sent a partial request header; at most this
+      process's open-file hard limit minus 100), then times a STOMP login and a GET /health on
+      a new connection. --broker-nofile lowers the broker's limit so the flood can exceed it.
 
 Exact figures for the issue note: run with release binaries, e.g.
   cargo build --release -p fabricmq-broker
@@ -180,21 +181,31 @@ def admin(a):
     p, addr, aaddr, logpath = start_broker(a.broker, work, [])
     held = []
     try:
+        if a.broker_nofile:
+            # The broker raised its soft limit to the hard one at start-up; lower both so that
+            # the held connections can exceed it (this process's own limit is the ceiling).
+            subprocess.run(["prlimit", f"--pid={p.pid}", f"--nofile={a.broker_nofile}:{a.broker_nofile}"],
+                           check=True)
         base = kib(p.pid, "VmRSS")
         want = min(a.connections, hard - 100)
         errors = 0
+        consecutive = 0
         t0 = time.monotonic()
         for _ in range(want):
+            if consecutive >= 10:
+                break  # the broker's accept backlog is full: it stopped accepting
             try:
-                s = socket.create_connection(aaddr, timeout=5)
+                s = socket.create_connection(aaddr, timeout=2)
                 s.setblocking(False)
                 try:
                     s.send(b"GET /health HTTP/1.1\r\nHost: x\r\n")
                 except OSError:
                     pass
                 held.append(s)
+                consecutive = 0
             except OSError:
                 errors += 1
+                consecutive += 1
         opened = time.monotonic() - t0
         time.sleep(1)
         fds = len(os.listdir(f"/proc/{p.pid}/fd"))
@@ -203,7 +214,8 @@ def admin(a):
         rss = kib(p.pid, "VmRSS")
         log = open(logpath, errors="replace").read()
         print(json.dumps({
-            "held_connections_attempted": want, "connect_errors": errors,
+            "held_connections_attempted": want, "held_connections_open": len(held),
+            "connect_errors": errors,
             "open_seconds": round(opened, 1), "broker_fds_after": fds,
             "stomp_login": {"first_frame": cmd, "message": msg, "seconds": round(dt, 3)},
             "health_new_connection": {"status": health[0], "seconds": round(health[1], 3)},
@@ -228,6 +240,8 @@ def main():
     d = sub.add_parser("admin")
     d.add_argument("--broker", required=True)
     d.add_argument("--connections", type=int, default=20000)
+    d.add_argument("--broker-nofile", type=int, default=0,
+                   help="lower the broker's open-file limit to this (prlimit) before the flood")
     a = ap.parse_args()
     {"logins": logins, "admin": admin}[a.cmd](a)
 
