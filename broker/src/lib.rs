@@ -15,6 +15,8 @@
 //! - [`gate`]: whether the broker may acknowledge anything now (the fabric closes it);
 //! - [`broker`]: shared state: destinations, ids, de-duplication, memory budget;
 //! - [`connection`]: one task per client connection (STOMP frames, receipts, heart-beats);
+//! - `client_state`: what a connection builds up: resolved destinations, open transactions and
+//!   their quota charges;
 //! - [`ha`]: the fabric lifecycle (election in ZooKeeper, fencing, two-stage session handling);
 //! - [`socket`]: a connection's plain or TLS socket halves;
 //! - [`server`]: start-up (recovery, bind), accept loop, graceful shutdown;
