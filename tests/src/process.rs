@@ -261,6 +261,38 @@ impl BrokerProcess {
         Ok(())
     }
 
+    /// Waits (bounded) until every thread of the process is stopped (after SIGSTOP). `kill`
+    /// returns before the stop takes effect: on a loaded machine (a vCPU waiting for its turn)
+    /// the broker was seen journaling and receipting frames sent after `kill` had returned.
+    /// Polls `/proc/<pid>/task/*/stat` (there is no event for another process's stop that does
+    /// not also reap it).
+    pub async fn wait_stopped(&self, timeout: Duration) -> anyhow::Result<()> {
+        let pid = self.pid().context("process already reaped")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).context("task list")?;
+            let mut all_stopped = true;
+            for task in tasks.flatten() {
+                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                // `pid (comm) S ...`: the state follows the last ')'.
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next());
+                if !matches!(state, Some('T') | Some('t') | None) {
+                    all_stopped = false;
+                    break;
+                }
+            }
+            if all_stopped {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("process {pid} not stopped after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// If the process has exited (reaping it): `Some(exit code)`; `None` while it runs.
     pub fn try_exit_code(&mut self) -> Option<Option<i32>> {
         let c = self.child.as_mut()?;

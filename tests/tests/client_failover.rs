@@ -533,6 +533,11 @@ async fn clients_leave_a_paused_master_and_it_receipts_nothing_after_sigcont() {
 
     g.brokers[m].signal(Signal::SIGSTOP).unwrap();
     let t0 = Instant::now();
+    // Only frames sent once it really is stopped are "sent to a paused master".
+    g.brokers[m]
+        .wait_stopped(Duration::from_secs(10))
+        .await
+        .unwrap();
     // 101..=300 pipelined while the master is stopped: written to its socket or held, receipted
     // by the new master after the client moved.
     let during = tokio::spawn({
