@@ -6,6 +6,8 @@
 //!   test fails; a test fails if a broker panicked. Processes are killed and reaped on drop, by PID.
 //! - [`inproc`]: a broker served inside the test process (for dispatch semantics).
 //! - [`raw`]: a STOMP connection that shows exactly what the broker sends.
+//! - [`procfs`]: memory figures of a process (`VmRSS`, `VmHWM`) and a peak sampler.
+//! - [`users`]: users files with argon2 hashes.
 //! - [`tmpfs`]: a small tmpfs mount and a filler that takes all its space (disk-full faults).
 //! - [`chaos`]: the chaos suite behind the `mq-chaos` binary (network namespaces, workload,
 //!   history, checker).
@@ -13,5 +15,7 @@
 pub mod chaos;
 pub mod inproc;
 pub mod process;
+pub mod procfs;
 pub mod raw;
 pub mod tmpfs;
+pub mod users;

@@ -2,10 +2,10 @@
 //! configuration give read / write / admin rights on patterns to users and groups; a missing right
 //! gets an ERROR naming it and changes nothing.
 
-use fabricmq_broker::auth::hash_password;
 use fabricmq_stomp::{Command, Frame};
 use fabricmq_tests::process::{BrokerOptions, BrokerProcess};
 use fabricmq_tests::raw::{body, Raw};
+use fabricmq_tests::users::write_users_file;
 
 const CONFIG: &str = r#"
 [[authorization]]
@@ -23,18 +23,15 @@ admin = ["admins"]
 
 async fn broker() -> (BrokerProcess, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let hash = hash_password("pw").unwrap();
-    let mut users = String::new();
-    for (user, group) in [
-        ("paul", "producers"),
-        ("carol", "consumers"),
-        ("root", "admins"),
-    ] {
-        users.push_str(&format!(
-            "[users.{user}]\npassword = \"{hash}\"\ngroups = [\"{group}\"]\n"
-        ));
-    }
-    std::fs::write(dir.path().join("users.toml"), users).unwrap();
+    write_users_file(
+        &dir.path().join("users.toml"),
+        "pw",
+        &[
+            ("paul", &["producers"]),
+            ("carol", &["consumers"]),
+            ("root", &["admins"]),
+        ],
+    );
     std::fs::write(dir.path().join("broker.toml"), CONFIG).unwrap();
     let b = BrokerProcess::start(BrokerOptions {
         args: vec![

@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use fabricmq_broker::admin;
-use fabricmq_broker::auth::hash_password;
 use fabricmq_broker::config::{ByteSize, HumanDuration};
 use fabricmq_stomp::{encode, Command, Frame, Version};
 use fabricmq_tests::inproc::TestBroker;
 use fabricmq_tests::process::{BrokerOptions, BrokerProcess};
 use fabricmq_tests::raw::{body, Raw};
+use fabricmq_tests::users::write_users_file;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -641,18 +641,15 @@ admin = ["admins"]
 #[tokio::test]
 async fn auto_creation_needs_the_admin_right_also_after_an_idle_removal() {
     let dir = tempfile::tempdir().unwrap();
-    let hash = hash_password("pw").unwrap();
-    let mut users = String::new();
-    for (user, group) in [
-        ("paul", "producers"),
-        ("wendy", "writers"),
-        ("carol", "consumers"),
-    ] {
-        users.push_str(&format!(
-            "[users.{user}]\npassword = \"{hash}\"\ngroups = [\"{group}\"]\n"
-        ));
-    }
-    std::fs::write(dir.path().join("users.toml"), users).unwrap();
+    write_users_file(
+        &dir.path().join("users.toml"),
+        "pw",
+        &[
+            ("paul", &["producers"]),
+            ("wendy", &["writers"]),
+            ("carol", &["consumers"]),
+        ],
+    );
     std::fs::write(dir.path().join("broker.toml"), AUTHZ).unwrap();
     let b = BrokerProcess::start(BrokerOptions {
         args: vec![

@@ -8,9 +8,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fabricmq_broker::auth::hash_password;
 use fabricmq_tests::process::{BrokerOptions, BrokerProcess};
 use fabricmq_tests::raw::Raw;
+use fabricmq_tests::users::write_users_file;
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p)
@@ -54,8 +54,7 @@ async fn journal_files_are_private_and_exposed_secrets_are_warned_about() {
     // As /var/lib/fabricmq would be: the parent of the data directory is world-readable.
     std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let users = work.path().join("users.toml");
-    let hash = hash_password("pw").unwrap();
-    std::fs::write(&users, format!("[users.app]\npassword = \"{hash}\"\n")).unwrap();
+    write_users_file(&users, "pw", &[("app", &[])]);
     std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o644)).unwrap();
     let opts = || BrokerOptions {
         args: vec!["--users".into(), users.display().to_string()],

@@ -19,12 +19,9 @@ use fabricmq_tests::process::{binary, BrokerOptions, BrokerProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// A kB figure (`VmRSS`, `VmHWM`) from /proc/PID/status.
+/// A kB figure (`VmRSS`, `VmHWM`) of a running process.
 fn proc_kib(pid: u32, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    fabricmq_tests::procfs::status_kib(pid, key)
         .unwrap_or_else(|| panic!("{key} not in /proc/{pid}/status"))
 }
 
@@ -85,8 +82,7 @@ async fn a_flood_of_wrong_logins_is_bounded_in_memory_and_backed_off() {
     const SLACK_KIB: u64 = 64 * 1024;
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users.toml");
-    let hash = fabricmq_broker::auth::hash_password("right").unwrap();
-    std::fs::write(&users, format!("[users.app]\npassword = \"{hash}\"\n")).unwrap();
+    fabricmq_tests::users::write_users_file(&users, "right", &[("app", &[])]);
     // A long CONNECT timeout: these debug-build argon2 checks take ~0.5 s each, and the test
     // waits for answers rather than racing a deadline. Only pre-existing keys: the test also runs
     // against the code before the fix.

@@ -9,11 +9,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fabricmq_broker::auth::hash_password;
 use fabricmq_broker::config::{BrokerConfig, ByteSize, HumanDuration};
 use fabricmq_stomp::{Command, Frame};
 use fabricmq_tests::inproc::TestBroker;
 use fabricmq_tests::raw::{body, Raw};
+use fabricmq_tests::users::write_users_file;
 
 /// `eve` may write only to `queue://eve.>`; `app` may do everything.
 fn two_users(
@@ -22,16 +22,8 @@ fn two_users(
     std::path::PathBuf,
     Vec<fabricmq_broker::authz::AuthorizationEntry>,
 ) {
-    let hash = hash_password("pw").unwrap();
     let users = dir.join("users.toml");
-    std::fs::write(
-        &users,
-        format!(
-            "[users.eve]\npassword = \"{hash}\"\ngroups = [\"guests\"]\n\
-             [users.app]\npassword = \"{hash}\"\ngroups = [\"apps\"]\n"
-        ),
-    )
-    .unwrap();
+    write_users_file(&users, "pw", &[("eve", &["guests"]), ("app", &["apps"])]);
     let authz = BrokerConfig::from_toml(
         r#"
 [[authorization]]

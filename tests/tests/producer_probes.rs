@@ -6,19 +6,17 @@ use std::time::{Duration, Instant};
 
 use fabricmq_stomp::{Command, Frame};
 use fabricmq_tests::process::{BrokerOptions, BrokerProcess};
+use fabricmq_tests::procfs;
 use fabricmq_tests::raw::Raw;
 
-/// `VmRSS` and `VmHWM` (peak) of a process, in MiB.
-fn rss_mib(pid: u32) -> (f64, f64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        s.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+/// `VmRSS` and `VmHWM` (peak) of a process.
+fn rss_mib(pid: u32) -> String {
+    let kib = |key| procfs::status_kib(pid, key).unwrap_or(0);
+    format!(
+        "{} (peak {})",
+        procfs::mib(kib("VmRSS")),
+        procfs::mib(kib("VmHWM"))
+    )
 }
 
 /// Segment files and their bytes under a data directory's journal.
@@ -115,7 +113,7 @@ async fn probe_item1_huge_producer_table_and_graceful_restarts() {
     drop(c);
     let (segs, bytes) = journal_size(&b);
     println!(
-        "item1: {receipted} of {n} receipted in {:.1} s; {segs} segments, {:.0} MB on disk; RSS {:?} MiB",
+        "item1: {receipted} of {n} receipted in {:.1} s; {segs} segments, {:.0} MB on disk; RSS {}",
         t.elapsed().as_secs_f64(),
         bytes as f64 / 1e6,
         rss_mib(b.pid().unwrap())
@@ -131,7 +129,7 @@ async fn probe_item1_huge_producer_table_and_graceful_restarts() {
         let log = b.log_text();
         let torn = log.contains("torn");
         println!(
-            "item1 restart {round}: listening after {:.2} s; 'torn' in log: {torn}; RSS {:?} MiB",
+            "item1 restart {round}: listening after {:.2} s; 'torn' in log: {torn}; RSS {}",
             start.as_secs_f64(),
             rss_mib(b.pid().unwrap())
         );
@@ -155,7 +153,7 @@ async fn probe_item6_300k_producer_ids() {
         .await
         .unwrap();
     let pid = b.pid().unwrap();
-    println!("item6: RSS before {:?} MiB", rss_mib(pid));
+    println!("item6: RSS before {}", rss_mib(pid));
     let addr = b.addr;
     let attack = tokio::spawn(async move {
         let mut c = Raw::connect(addr, "admin", "admin").await;
@@ -178,7 +176,7 @@ async fn probe_item6_300k_producer_ids() {
     rtts.sort();
     let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p) as usize];
     println!(
-        "item6: {receipted} sends with distinct ids in {:.1} s; RSS now/peak {:?} MiB; good client round trip p50 {:?} p99 {:?} max {:?} ({} samples)",
+        "item6: {receipted} sends with distinct ids in {:.1} s; RSS {}; good client round trip p50 {:?} p99 {:?} max {:?} ({} samples)",
         took.as_secs_f64(),
         rss_mib(pid),
         pct(0.5),

@@ -17,69 +17,17 @@
 //! (the attacks then simply succeed).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use fabricmq_stomp::{encode, Command, Frame, Version};
 use fabricmq_tests::process::{BrokerOptions, BrokerProcess};
+use fabricmq_tests::procfs::{mib, rss_kib, RssSampler};
 use fabricmq_tests::raw::Raw;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
-}
-
-/// Peak RSS, sampled every 10 ms on a thread.
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Sampler {
-    fn start(pid: u32) -> Sampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(rss_kib(pid).unwrap_or(0)));
-        let (s, p) = (stop.clone(), peak.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                if let Some(k) = rss_kib(pid) {
-                    p.fetch_max(k, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        Sampler {
-            stop,
-            peak,
-            thread: Some(thread),
-        }
-    }
-
-    fn peak(&self) -> u64 {
-        self.peak.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Sampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// A well-behaved client: receipted persistent SENDs to `/queue/probe`, one at a time.
 struct RoundTrips {
@@ -163,7 +111,7 @@ struct Probe {
     b: BrokerProcess,
     admin: SocketAddr,
     pid: u32,
-    sampler: Sampler,
+    sampler: RssSampler,
     before: u64,
     rt: Option<RoundTrips>,
     _dir: tempfile::TempDir,
@@ -192,7 +140,7 @@ impl Probe {
         let admin = b.admin_addr().expect("admin endpoint");
         let pid = b.pid().unwrap();
         let before = rss_kib(pid).unwrap();
-        let sampler = Sampler::start(pid);
+        let sampler = RssSampler::start(pid);
         let rt = Some(RoundTrips::start(b.addr).await);
         Probe {
             b,

@@ -23,13 +23,14 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use fabricmq_stomp::{encode, Command, Frame, Version};
 use fabricmq_tests::process::{BrokerOptions, BrokerProcess};
+use fabricmq_tests::procfs::{self, mib, RssSampler};
 use fabricmq_tests::raw::{body, Raw};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -42,67 +43,9 @@ const MIB: u64 = 1024 * 1024;
 /// One test at a time (see the module documentation).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A process's resident set size in KiB (`VmRSS`), None once it is gone.
-fn read_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// The broker's resident set size in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    read_rss_kib(pid).expect("VmRSS of a running broker")
-}
-
-fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
-}
-
-/// Samples a process's RSS every 10 ms on a thread of its own and keeps the peak.
-struct RssSampler {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RssSampler {
-    fn start(pid: u32) -> RssSampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(rss_kib(pid)));
-        let thread = {
-            let (stop, peak) = (stop.clone(), peak.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    if let Some(kib) = read_rss_kib(pid) {
-                        peak.fetch_max(kib, Ordering::Relaxed);
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            })
-        };
-        RssSampler {
-            stop,
-            peak,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops sampling; returns the peak in KiB.
-    fn finish(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.peak.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for RssSampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+    procfs::rss_kib(pid).expect("VmRSS of a running broker")
 }
 
 /// Raises this process's soft open-file limit to its hard limit (the broker does the same for
@@ -431,7 +374,7 @@ async fn a_producer_far_faster_than_its_consumer_is_absorbed_on_disk_and_all_is_
     until_receipt(&mut producer, "last", Duration::from_secs(60)).await;
     let produced_in = start.elapsed();
     producing.store(false, Ordering::Relaxed);
-    let peak_producing = sampler.peak.load(Ordering::Relaxed);
+    let peak_producing = sampler.peak();
     probe_stop.store(true, Ordering::Relaxed);
     let probe = probe.await.unwrap();
 
@@ -517,7 +460,7 @@ async fn consumers_that_never_read_do_not_make_the_broker_buffer_without_bound()
     let produced_in = start.elapsed();
     probe_stop.store(true, Ordering::Relaxed);
     let probe = probe.await.unwrap();
-    let peak_hoarding = sampler.peak.load(Ordering::Relaxed);
+    let peak_hoarding = sampler.peak();
     let hoarding = rss_kib(pid);
 
     // The topic subscriber was cut off: what it was sent before, then the ERROR, then EOF.
@@ -609,7 +552,7 @@ async fn tiny_topic_messages_to_a_subscriber_that_never_reads_are_bounded_too() 
         .await
         .expect("producer's barrier within 60s");
     let tiny_in = start.elapsed();
-    let peak_tiny = sampler.peak.load(Ordering::Relaxed);
+    let peak_tiny = sampler.peak();
     let mut got = 0usize;
     let error = loop {
         let Some(f) = lazy.recv_within(Duration::from_secs(10)).await else {

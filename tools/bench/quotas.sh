@@ -15,13 +15,4 @@
 #
 #   printf '[quotas]\nmax_subscriptions_per_connection = 200000\nmax_subscriptions_per_user = 200000\n' > /tmp/raise.toml
 #   PROBE_CONFIG=/tmp/raise.toml tools/bench/quotas.sh target/release probe_200k_subscriptions
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-BIN_DIR=${1:-target/release}
-FILTER=${2:-probe_}
-if [[ $BIN_DIR == target/release ]]; then
-    cargo build --release -p fabricmq-broker --bin mq-broker
-fi
-# The harness is a debug build (it only encodes frames); the broker is BIN_DIR's.
-MQ_BIN_DIR=$(realpath "$BIN_DIR") cargo test -p fabricmq-tests --test quota_probes \
-    -- --ignored --nocapture --test-threads 1 "$FILTER" 2>&1 | grep -v '^running\|^test result\|^$'
+exec "$(dirname "$0")/probes.sh" quota_probes "$@"
