@@ -184,6 +184,11 @@ async fn a_paused_master_is_replaced_and_acknowledges_nothing_when_it_wakes() {
         .subscribe("s", "/queue/paused", "client-individual", &[])
         .await;
     g.brokers[m].signal(Signal::SIGSTOP).unwrap();
+    // kill() returns before every thread has stopped: what follows assumes it is stopped.
+    g.brokers[m]
+        .wait_stopped(Duration::from_secs(10))
+        .await
+        .unwrap();
     let new = next_master(&registry, &g.name, Some(&old)).await;
     assert_ne!(new.container, old.container);
     // The new master takes a message the old one's consumer would get if it served.
