@@ -44,6 +44,15 @@ pub struct MemberInfo {
     pub owner_session: i64,
 }
 
+/// How [`Registry::write_master_fenced`] ended when the epoch still held.
+#[derive(Debug)]
+pub(crate) enum FencedWrite {
+    /// The master record was written.
+    Done,
+    /// The delete or the create failed: another session changed the master node meanwhile.
+    Raced(zk::Error),
+}
+
 /// An epoch won by CAS; `version` is the epoch node's version after the write (for the fenced
 /// publish).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,7 +380,7 @@ impl Registry {
         record: &MasterRecord,
     ) -> Result<(), RegistryError> {
         let paths = self.group_paths(group)?;
-        let (epoch_path, master_path) = (paths.epoch(), paths.master());
+        let master_path = paths.master();
         if record.epoch != claim.epoch {
             tracing::warn!(
                 record = record.epoch,
@@ -380,31 +389,54 @@ impl Registry {
             );
         }
         let data = encode(&master_path, record)?;
+        match self.write_master_fenced(&paths, claim, &data, None).await? {
+            FencedWrite::Done => {
+                tracing::info!(%group, epoch = claim.epoch, container = %record.container, "published the master record");
+                Ok(())
+            }
+            FencedWrite::Raced(source) => {
+                Err(RegistryError::from_zk("create", &master_path, source))
+            }
+        }
+    }
+
+    /// One multi, the only way the master record is written: the epoch node still at
+    /// `claim.version`; the master node at version `replace` deleted (when given); the master node
+    /// created with `data` (ephemeral). `Err(BadVersion)` when the epoch node moved on or is gone
+    /// (the claim is no longer the group's); `Ok(Raced(e))` when the delete or create failed
+    /// (another session changed the master node meanwhile).
+    pub(crate) async fn write_master_fenced(
+        &self,
+        paths: &GroupPaths,
+        claim: EpochClaim,
+        data: &[u8],
+        replace: Option<i32>,
+    ) -> Result<FencedWrite, RegistryError> {
+        let (epoch_path, master_path) = (paths.epoch(), paths.master());
         let client = self.client()?;
         let mut writer = client.new_multi_writer();
         writer
             .add_check_version(&epoch_path, claim.version)
             .map_err(|e| RegistryError::from_zk("check", &epoch_path, e))?;
+        if let Some(version) = replace {
+            writer
+                .add_delete(&master_path, Some(version))
+                .map_err(|e| RegistryError::from_zk("delete", &master_path, e))?;
+        }
         writer
-            .add_create(&master_path, &data, &self.create_options(EPHEMERAL))
+            .add_create(&master_path, data, &self.create_options(EPHEMERAL))
             .map_err(|e| RegistryError::from_zk("create", &master_path, e))?;
         // Results are not used: a create inside a multi returns an invalid stat on 3.8.0.
         let after = self.inner.config.op_timeout;
-        let result = match tokio::time::timeout(after, writer.commit()).await {
-            Ok(result) => result,
-            Err(_) => {
-                return Err(RegistryError::Timeout {
-                    op: "multi",
-                    path: master_path,
-                    after,
-                })
-            }
+        let Ok(result) = tokio::time::timeout(after, writer.commit()).await else {
+            return Err(RegistryError::Timeout {
+                op: "multi",
+                path: master_path,
+                after,
+            });
         };
         match result {
-            Ok(_) => {
-                tracing::info!(%group, epoch = claim.epoch, container = %record.container, "published the master record");
-                Ok(())
-            }
+            Ok(_) => Ok(FencedWrite::Done),
             Err(zk::MultiWriteError::OperationFailed {
                 index: 0,
                 source: zk::Error::BadVersion | zk::Error::NoNode,
@@ -413,7 +445,7 @@ impl Registry {
                 Err(RegistryError::from_zk("check", &epoch_path, source))
             }
             Err(zk::MultiWriteError::OperationFailed { source, .. }) => {
-                Err(RegistryError::from_zk("create", &master_path, source))
+                Ok(FencedWrite::Raced(source))
             }
             Err(zk::MultiWriteError::RequestFailed { source }) => {
                 Err(RegistryError::from_zk("multi", &master_path, source))

@@ -20,10 +20,10 @@
 
 use zookeeper_client as zk;
 
-use crate::election::{read_node_and_watch, EpochClaim};
+use crate::election::{read_node_and_watch, EpochClaim, FencedWrite};
 use crate::error::RegistryError;
 use crate::layout::{GroupPaths, MasterRecord};
-use crate::session::{encode, Registry, EPHEMERAL};
+use crate::session::{encode, Registry};
 
 /// Outcome of one restore attempt.
 enum Restore {
@@ -121,8 +121,8 @@ impl Registry {
         }
     }
 
-    /// One multi: epoch node still at `claim.version`; delete the master node at `existing`
-    /// (if there is one); create it again with `data`.
+    /// Restores the master record: [`Registry::write_master_fenced`] replacing the node at
+    /// version `existing` (if there is one).
     async fn restore_master(
         &self,
         paths: &GroupPaths,
@@ -130,49 +130,16 @@ impl Registry {
         data: &[u8],
         existing: Option<i32>,
     ) -> Result<Restore, RegistryError> {
-        let (epoch_path, master_path) = (paths.epoch(), paths.master());
-        let client = self.client()?;
-        let mut writer = client.new_multi_writer();
-        writer
-            .add_check_version(&epoch_path, claim.version)
-            .map_err(|e| RegistryError::from_zk("check", &epoch_path, e))?;
-        if let Some(version) = existing {
-            writer
-                .add_delete(&master_path, Some(version))
-                .map_err(|e| RegistryError::from_zk("delete", &master_path, e))?;
-        }
-        writer
-            .add_create(&master_path, data, &self.create_options(EPHEMERAL))
-            .map_err(|e| RegistryError::from_zk("create", &master_path, e))?;
-        let after = self.inner.config.op_timeout;
-        let result = match tokio::time::timeout(after, writer.commit()).await {
-            Ok(result) => result,
-            Err(_) => {
-                return Err(RegistryError::Timeout {
-                    op: "multi",
-                    path: master_path,
-                    after,
-                })
-            }
-        };
-        match result {
-            Ok(_) => Ok(Restore::Done),
-            Err(zk::MultiWriteError::OperationFailed {
-                index: 0,
-                source: zk::Error::BadVersion | zk::Error::NoNode,
-            }) => Err(RegistryError::BadVersion { path: epoch_path }),
-            Err(zk::MultiWriteError::OperationFailed { index: 0, source }) => {
-                Err(RegistryError::from_zk("check", &epoch_path, source))
-            }
-            Err(zk::MultiWriteError::OperationFailed {
-                source: zk::Error::BadVersion | zk::Error::NoNode | zk::Error::NodeExists,
-                ..
-            }) => Ok(Restore::Raced),
-            Err(zk::MultiWriteError::OperationFailed { source, .. }) => {
-                Err(RegistryError::from_zk("create", &master_path, source))
-            }
-            Err(zk::MultiWriteError::RequestFailed { source }) => {
-                Err(RegistryError::from_zk("multi", &master_path, source))
+        match self
+            .write_master_fenced(paths, claim, data, existing)
+            .await?
+        {
+            FencedWrite::Done => Ok(Restore::Done),
+            FencedWrite::Raced(
+                zk::Error::BadVersion | zk::Error::NoNode | zk::Error::NodeExists,
+            ) => Ok(Restore::Raced),
+            FencedWrite::Raced(source) => {
+                Err(RegistryError::from_zk("create", &paths.master(), source))
             }
         }
     }
