@@ -280,12 +280,12 @@ impl Broker {
     pub fn dedup(&self, producer: Option<&ProducerSeq>) -> Dedup {
         let Some(p) = producer else { return Dedup::New };
         let mut forgotten = Vec::new();
-        let verdict = self
-            .producers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .check(&p.user, &p.producer, p.seq, Instant::now(), &mut forgotten);
+        let mut table = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+        let verdict = table.check(&p.user, &p.producer, p.seq, Instant::now(), &mut forgotten);
+        // Queued under the lock (a cheap push): a Forget can never land in the journal after a
+        // newer Add of the same key accepted by another connection.
         forget_producers(&self.journal, forgotten);
+        drop(table);
         if verdict == Dedup::Duplicate {
             self.stats
                 .duplicates_dropped
