@@ -6,6 +6,7 @@
 //!   test fails; a test fails if a broker panicked. Processes are killed and reaped on drop, by PID.
 //! - [`inproc`]: a broker served inside the test process (for dispatch semantics).
 //! - [`raw`]: a STOMP connection that shows exactly what the broker sends.
+//! - [`http`]: a GET for the admin endpoint and a reader of `/metrics` values.
 //! - [`procfs`]: memory figures of a process (`VmRSS`, `VmHWM`) and a peak sampler.
 //! - [`users`]: users files with argon2 hashes.
 //! - [`tmpfs`]: a small tmpfs mount and a filler that takes all its space (disk-full faults).
@@ -13,6 +14,7 @@
 //!   history, checker).
 
 pub mod chaos;
+pub mod http;
 pub mod inproc;
 pub mod process;
 pub mod procfs;

@@ -20,12 +20,12 @@ use bytes::{Bytes, BytesMut};
 use fabricmq_broker::admin;
 use fabricmq_broker::config::{ByteSize, HumanDuration};
 use fabricmq_stomp::{encode, Command, Frame, Version};
+use fabricmq_tests::http::{http_get, metric};
 use fabricmq_tests::inproc::TestBroker;
 use fabricmq_tests::process::{BrokerOptions, BrokerProcess};
 use fabricmq_tests::raw::{body, Raw};
 use fabricmq_tests::users::write_users_file;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
 const MIB: usize = 1 << 20;
 
@@ -112,35 +112,6 @@ async fn admin_for(b: &TestBroker) -> SocketAddr {
         admin::AdminLimits::from_config(&fabricmq_broker::config::AdminSettings::default()),
     );
     addr
-}
-
-/// GET `path` over a plain TCP stream (HTTP/1.1, `Connection: close`): (body, elapsed).
-async fn http_get(addr: SocketAddr, path: &str) -> (String, Duration) {
-    let start = Instant::now();
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf))
-        .await
-        .expect("an answer within 30 s")
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (body, start.elapsed())
-}
-
-/// The value of the first exposition line starting with `prefix` (chunked bodies keep whole
-/// lines for these small values).
-fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.trim().parse().ok())
 }
 
 #[tokio::test]

@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use fabricmq_stomp::{encode, Command, Frame, Version};
+use fabricmq_tests::http::{http_get, metric};
 use fabricmq_tests::process::{BrokerOptions, BrokerProcess};
 use fabricmq_tests::procfs::{mib, rss_kib, RssSampler};
 use fabricmq_tests::raw::Raw;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
 /// A well-behaved client: receipted persistent SENDs to `/queue/probe`, one at a time.
 struct RoundTrips {
@@ -82,29 +82,6 @@ impl RoundTrips {
             v[v.len() - 1]
         )
     }
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> (String, Duration) {
-    let start = Instant::now();
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (body, start.elapsed())
-}
-
-fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.trim().parse().ok())
 }
 
 struct Probe {
